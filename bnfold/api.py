@@ -1,0 +1,86 @@
+"""The library entry point: ``bnfold.fold(model_or_path) -> FoldResult``."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from bnfold.engine import FoldPass
+from bnfold.errors import BadInputError
+from bnfold.folds.common import FoldOptions
+from bnfold.model_io import load_model, save_model, validate_model
+from bnfold.report import FoldReport
+
+ModelLike = str | os.PathLike | ir.Model | onnx.ModelProto | bytes
+
+
+@dataclass
+class FoldResult:
+    """The folded model and what was done to it."""
+
+    model: ir.Model
+    report: FoldReport
+
+    def save(self, path: str | os.PathLike, **kwargs) -> list[Path]:
+        """Write the model atomically (external data beside it when needed)."""
+        start = time.perf_counter()
+        files = save_model(self.model, path, **kwargs)
+        self.report.output = os.fspath(path)
+        self.report.timings["save"] = time.perf_counter() - start
+        return files
+
+
+def as_ir_model(model: ModelLike) -> tuple[ir.Model, str | None]:
+    """Load or convert ``model``; an ``ir.Model`` is used as is (folding changes it)."""
+    if isinstance(model, ir.Model):
+        return model, None
+    if isinstance(model, onnx.ModelProto):
+        return ir.from_proto(model), None
+    if isinstance(model, bytes):
+        try:
+            proto = onnx.load_from_string(model)
+        except Exception as exc:
+            raise BadInputError("<bytes>", f"not an ONNX model ({exc})") from None
+        return ir.from_proto(proto), None
+    return load_model(model), os.fspath(model)
+
+
+def fold(
+    model: ModelLike,
+    *,
+    allow_initializer_inputs: bool = True,
+    affine: bool = True,
+) -> FoldResult:
+    """Fold every foldable BatchNormalization of ``model``.
+
+    ``model`` is a path (loaded lazily; the file is never modified), an ``onnx.ModelProto``
+    (copied), serialized bytes, or an ``onnx_ir.Model`` (folded in place). With
+    ``allow_initializer_inputs=False``, parameters that are initializers *and* graph inputs
+    (IR < 4 exporters) are refused instead of treated as constants. With ``affine=False`` only
+    BatchNormalization (and an Add between a linear layer and a BN) is folded, not standalone
+    per-channel Mul/Add/Sub/Div.
+    """
+    start = time.perf_counter()
+    ir_model, path = as_ir_model(model)
+    if path is None:
+        validate_model(ir_model)
+    loaded = time.perf_counter()
+    fold_pass = FoldPass(
+        FoldOptions(allow_initializer_inputs=allow_initializer_inputs, affine=affine)
+    )
+    try:
+        fold_pass(ir_model)
+    except BadInputError as exc:
+        if exc.path is None and path is not None:
+            raise BadInputError(path, exc.problem) from None
+        raise
+    report = fold_pass.report
+    report.model = path
+    report.timings["load"] = loaded - start
+    report.timings["fold"] = time.perf_counter() - loaded
+    return FoldResult(ir_model, report)

@@ -1,0 +1,284 @@
+"""Measure the latency of a reference and a candidate model, paired and shuffled per round."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from bnfold.bench.memory import PeakMemory, peak_memory
+from bnfold.bench.stats import Speedup, paired_speedup
+from bnfold.errors import UsageError
+from bnfold.verify.inputs import input_sets, session_inputs
+from bnfold.verify.session import ModelRef, check_opt_level, check_provider, make_session, model_ref
+
+SIDES = ("reference", "candidate")
+
+
+@dataclass
+class BenchOptions:
+    """How to measure. Each round runs both sessions, in shuffled order, ``iters`` times each and
+    keeps each side's median; ``threads`` fixes intra-op threads (inter-op 1)."""
+
+    levels: tuple[str, ...] = ("disable", "all")
+    provider: str = "cpu"
+    threads: int | None = 1
+    warmup: int = 5
+    rounds: int = 20
+    iters: int = 10
+    batch: int | None = None
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    seed: int = 0
+    int_range: tuple[int, int] = (0, 10)
+    creation_repeats: int = 3
+    memory: bool = True
+    resamples: int = 2000
+
+    def validate(self) -> None:
+        if not self.levels:
+            raise UsageError("--opt-level: give at least one level")
+        for level in self.levels:
+            check_opt_level(level)
+        check_provider(self.provider)
+        for name in ("rounds", "iters", "creation_repeats"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.warmup < 0:
+            raise UsageError("--warmup must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError("--threads must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(vars(self))
+        d["levels"] = list(self.levels)
+        d["shapes"] = {k: list(v) for k, v in self.shapes.items()}
+        d["int_range"] = list(self.int_range)
+        return d
+
+
+@dataclass
+class ModelFacts:
+    """Static facts about one side: file size, node and BatchNormalization counts."""
+
+    path: str
+    size_bytes: int
+    nodes: int
+    batchnorm_nodes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
+class SideTiming:
+    """One side at one optimisation level."""
+
+    creation_s: float
+    round_medians_ms: list[float]
+    memory: PeakMemory | None = None
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.round_medians_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "creation_s": self.creation_s,
+            "median_ms": self.median_ms,
+            "round_medians_ms": self.round_medians_ms,
+            "memory": self.memory.to_dict() if self.memory else None,
+        }
+
+
+@dataclass
+class LevelResult:
+    """Both sides at one optimisation level, and the candidate's speed-up."""
+
+    level: str
+    sides: dict[str, SideTiming]
+    speedup: Speedup
+
+    @property
+    def slowdown(self) -> float:
+        """Candidate latency / reference latency (1 / speed-up)."""
+        return 1.0 / self.speedup.ratio
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            **{side: t.to_dict() for side, t in self.sides.items()},
+            "speedup": self.speedup.to_dict(),
+            "creation_speedup": self.sides["reference"].creation_s
+            / self.sides["candidate"].creation_s,
+        }
+
+
+@dataclass
+class BenchResult:
+    """Everything ``bench_models`` measured."""
+
+    options: BenchOptions
+    models: dict[str, ModelFacts]
+    input_shapes: dict[str, list[int]]
+    levels: list[LevelResult]
+    environment: dict[str, Any]
+
+    def slower_than(self, ratio: float) -> list[str]:
+        """Levels at which the candidate's latency is more than ``ratio`` x the reference's."""
+        return [lv.level for lv in self.levels if lv.slowdown > ratio]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "options": self.options.to_dict(),
+            "models": {side: m.to_dict() for side, m in self.models.items()},
+            "input_shapes": self.input_shapes,
+            "levels": [lv.to_dict() for lv in self.levels],
+            "environment": self.environment,
+            "note": MEASUREMENT_NOTE,
+        }
+
+    def render(self):
+        from bnfold.bench.report import render_bench
+
+        return render_bench(self)
+
+
+MEASUREMENT_NOTE = (
+    "onnxruntime's basic level already folds Conv+BN, ConvTranspose+BN and MatMul+BN when it "
+    "creates a session, but not Gemm+BN; an offline fold shows at opt-level disable, in session "
+    "creation time, on Gemm+BN models and on runtimes that do not fuse."
+)
+
+
+def _count_nodes(graph: onnx.GraphProto) -> tuple[int, int]:
+    nodes = bns = 0
+    for node in graph.node:
+        nodes += 1
+        bns += node.op_type == "BatchNormalization"
+        for attr in node.attribute:
+            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                n, b = _count_nodes(g)
+                nodes, bns = nodes + n, bns + b
+    return nodes, bns
+
+
+def _facts(ref: ModelRef) -> ModelFacts:
+    nodes, bns = _count_nodes(ref.load(with_external_data=False).graph)
+    path = str(ref.path) if ref.path is not None else f"<{ref.label} in memory>"
+    return ModelFacts(path, ref.size_bytes(), nodes, bns)
+
+
+def _creation_time(ref: ModelRef, repeats: int, **kw) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        make_session(ref, **kw)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _run_ms(session, feeds: dict[str, np.ndarray], iters: int) -> float:
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter_ns()
+        session.run(None, feeds)
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    return statistics.median(times)
+
+
+def _on_disk(ref: ModelRef, workdir: Path) -> Path:
+    if ref.path is not None:
+        return ref.path
+    path = workdir / f"{ref.label}.onnx"
+    path.write_bytes(ref.data or b"")
+    return path
+
+
+def bench_models(
+    reference: Any, candidate: Any, options: BenchOptions | None = None
+) -> BenchResult:
+    """Time ``reference`` and ``candidate`` (paths, ModelProtos or bytes) at each level.
+
+    Per level: session creation (median of ``creation_repeats``), warm-up, then ``rounds``
+    rounds that run the two sessions in a seeded shuffled order; the speed-up is the median of the
+    per-round ratios reference/candidate with a bootstrap 95% interval. Peak memory comes from a
+    child process per side and level.
+    """
+    options = options or BenchOptions()
+    options.validate()
+    refs = {
+        "reference": model_ref(reference, "reference"),
+        "candidate": model_ref(candidate, "candidate"),
+    }
+    kw = {"provider": options.provider, "threads": options.threads}
+    probe = make_session(refs["reference"], opt_level="disable", **kw)
+    infos = session_inputs(probe)
+    feeds = input_sets(
+        infos,
+        samples=1,
+        seed=options.seed,
+        shapes=options.shapes,
+        int_range=options.int_range,
+        batch=options.batch,
+    )[0].feeds
+    rng = np.random.default_rng(options.seed)
+    levels = []
+    with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as tmp:
+        npz = Path(tmp) / "inputs.npz"
+        np.savez(npz, **feeds)
+        for level in options.levels:
+            creation = {
+                s: _creation_time(r, options.creation_repeats, opt_level=level, **kw)
+                for s, r in refs.items()
+            }
+            sessions = {s: make_session(r, opt_level=level, **kw) for s, r in refs.items()}
+            for s in SIDES:
+                for _ in range(options.warmup):
+                    sessions[s].run(None, feeds)
+            rounds: dict[str, list[float]] = {s: [] for s in SIDES}
+            for _ in range(options.rounds):
+                for s in rng.permutation(SIDES):
+                    rounds[str(s)].append(_run_ms(sessions[str(s)], feeds, options.iters))
+            del sessions
+            memory = {s: None for s in SIDES}
+            if options.memory:
+                memory = {
+                    s: peak_memory(_on_disk(r, Path(tmp)), npz, opt_level=level, **kw)
+                    for s, r in refs.items()
+                }
+            sides = {s: SideTiming(creation[s], rounds[s], memory[s]) for s in SIDES}
+            speedup = paired_speedup(
+                rounds["reference"],
+                rounds["candidate"],
+                resamples=options.resamples,
+                seed=options.seed,
+            )
+            levels.append(LevelResult(level, sides, speedup))
+    return BenchResult(
+        options=options,
+        models={s: _facts(r) for s, r in refs.items()},
+        input_shapes={k: list(v.shape) for k, v in feeds.items()},
+        levels=levels,
+        environment=_environment(),
+    )
+
+
+def _environment() -> dict[str, Any]:
+    import platform
+
+    import onnxruntime as ort
+
+    return {
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }

@@ -1,0 +1,28 @@
+"""Command-line interface: thin commands over the library API.
+
+Each command module registers itself on ``bnfold.cli._app.app``; importing a module here must
+not import torch (the training commands import it inside their functions).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from bnfold.cli._app import app
+
+_COMMAND_MODULES = ("fold", "check", "bench", "train")
+
+for _name in _COMMAND_MODULES:
+    try:
+        importlib.import_module(f"bnfold.cli.{_name}")
+    except ModuleNotFoundError as _exc:  # a command module not written yet
+        if _exc.name != f"bnfold.cli.{_name}":
+            raise
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,21 @@
+"""Turn library errors into one-line messages and exit codes."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+import typer
+
+from bnfold.errors import BnfoldError
+
+
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """Print a BnfoldError as one line on stderr and exit with its code."""
+    try:
+        yield
+    except BnfoldError as exc:
+        print(f"bnfold: error: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None

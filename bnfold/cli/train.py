@@ -1,0 +1,225 @@
+"""``bnfold train``, ``bnfold export`` and ``bnfold demo``: the training side (needs torch).
+
+torch is imported inside the command functions, so ``bnfold --help`` works without the extra.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bnfold.cli._app import app
+from bnfold.cli._errors import cli_errors
+from bnfold.errors import UsageError
+
+MODEL_NAMES = (
+    "digits_cnn",
+    "mlp",
+    "resnet",
+    "mobilenet",
+    "autoencoder",
+)  # = bnfold.train.MODEL_NAMES
+
+
+def _train_api():
+    """Import the training library, or explain which extra is missing."""
+    try:
+        import bnfold.train as api
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in ("torch", "matplotlib"):
+            raise UsageError(
+                f"this command needs the train extra ({exc.name} is missing): "
+                "pip install 'bnfold[train]'"
+            ) from None
+        raise
+    return api
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+
+
+def _check_choice(value: str, allowed: tuple[str, ...], option: str) -> None:
+    if value not in allowed:
+        raise UsageError(f"{option} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+@app.command()
+def train(
+    model: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help=f"Zoo model: {', '.join(MODEL_NAMES)} [default: digits_cnn; mlp with --compare].",
+        ),
+    ] = None,
+    bn: Annotated[bool, typer.Option("--bn/--no-bn", help="Use BatchNorm.")] = True,
+    bn_position: Annotated[
+        str, typer.Option(metavar="before|after", help="BatchNorm before or after the activation.")
+    ] = "before",
+    activation: Annotated[
+        str, typer.Option(metavar="relu|sigmoid", help="Hidden activation.")
+    ] = "relu",
+    lr: Annotated[
+        float | None, typer.Option(min=0.0, help="SGD learning rate [default: 0.1].")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs [default: 10; 40 with --compare].")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=2, help="Minibatch size.")] = 32,
+    seed: Annotated[
+        int, typer.Option(help="Seed for the split, the initial weights and the batch order.")
+    ] = 0,
+    bn_impl: Annotated[
+        str,
+        typer.Option(metavar="reference|torch", help="bnfold's reference BatchNorm or torch's."),
+    ] = "reference",
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="DIR", help="Where to write the files.")
+    ] = Path("out/train"),
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Measure the paper's claims: with/without BN x learning rates x sigmoid/ReLU.",
+        ),
+    ] = False,
+) -> None:
+    """Train a zoo model on the bundled digits; write a checkpoint, metrics JSON and a curve PNG."""
+    with cli_errors():
+        api = _train_api()
+        if compare:
+            if lr is not None or not bn or activation != "relu" or bn_position != "before":
+                raise UsageError(
+                    "--compare runs its own grid; drop --lr, --no-bn, --activation, --bn-position"
+                )
+            _run_compare(api, model or "mlp", epochs or 40, batch_size, seed, out)
+            return
+        _check_choice(activation, ("relu", "sigmoid"), "--activation")
+        _check_choice(bn_position, ("before", "after"), "--bn-position")
+        _check_choice(bn_impl, ("reference", "torch"), "--bn-impl")
+        _check_choice(model or "digits_cnn", MODEL_NAMES, "--model")
+        config = api.TrainConfig(
+            model=model or "digits_cnn",
+            bn=bn,
+            bn_position=bn_position,
+            activation=activation,
+            bn_impl=bn_impl,
+            lr=0.1 if lr is None else lr,
+            epochs=epochs or 10,
+            batch_size=batch_size,
+            seed=seed,
+        )
+        with _progress() as progress:
+            task = progress.add_task(f"training {config.model}", total=config.epochs, status="")
+
+            def on_epoch(s) -> None:
+                status = f"loss {s.train_loss:.3f}" + (
+                    f"  test acc {s.test_accuracy:.3f}"
+                    if s.test_accuracy is not None
+                    else f"  test mse {s.test_loss:.4f}"
+                )
+                progress.update(task, advance=1, status=status)
+
+            files = api.train_to_dir(config, out, on_epoch=on_epoch)
+    r = files.result
+    summary = (
+        f"final test accuracy {r.final_accuracy:.4f}, 90% reached at epoch {r.epochs_to(0.9) or 'never'}"
+        if r.final_accuracy is not None
+        else f"final test MSE {r.final_test_loss:.5f}"
+    )
+    print(f"{config.model}: {summary} ({r.seconds:.1f} s)")
+    for f in (files.checkpoint, files.metrics, files.curve):
+        print(f"  wrote {f}")
+
+
+def _run_compare(api, model: str, epochs: int, batch_size: int, seed: int, out: Path) -> None:
+    _check_choice(model, MODEL_NAMES, "--model")
+    if model == "autoencoder":
+        raise UsageError("--compare measures accuracy; the autoencoder has none")
+    options = api.CompareOptions(model=model, epochs=epochs, batch_size=batch_size, seed=seed)
+    with _progress() as progress:
+        task = progress.add_task(f"comparing on {model}", total=len(options.configs()), status="")
+
+        def on_run(run) -> None:
+            status = f"{run.activation} lr {run.lr:g} {'BN' if run.bn else 'no BN'}: acc {run.final_accuracy:.3f}"
+            progress.update(task, advance=1, status=status)
+
+        files = api.compare_to_dir(options, out, on_run=on_run)
+    print(files.result.table())
+    for f in (files.table, files.metrics, files.plot):
+        print(f"  wrote {f}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by bnfold train.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="PATH.onnx", help="The ONNX file to write.")
+    ],
+    opset: Annotated[int, typer.Option(min=9, help="ONNX opset.")] = 17,
+    dynamic_batch: Annotated[
+        bool, typer.Option("--dynamic-batch", help="Make the batch axis symbolic.")
+    ] = False,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", metavar="PATH", help="Write the export report as JSON.")
+    ] = None,
+) -> None:
+    """Export a checkpoint in eval mode with BatchNorm kept as BatchNormalization nodes, verified
+    against torch with onnxruntime (exit 1 if BN nodes were lost or outputs differ)."""
+    with cli_errors():
+        api = _train_api()
+        result = api.export_checkpoint(checkpoint, output, opset=opset, dynamic_batch=dynamic_batch)
+    print(
+        f"wrote {result.path}: opset {result.opset}, {result.bn_nodes} BatchNormalization nodes "
+        f"({result.bn_modules} BN modules), max |onnxruntime - torch| {result.max_abs_error:.3g} "
+        f"on {result.verify_batch} digits"
+    )
+    if json_path is not None:
+        json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="DIR", help="Where to write the files.")
+    ] = Path("out/demo"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A few seconds of everything (for CI).")
+    ] = False,
+    model: Annotated[
+        str, typer.Option(metavar="NAME", help=f"Zoo model: {', '.join(MODEL_NAMES)}.")
+    ] = "digits_cnn",
+    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+) -> None:
+    """Train a zoo model on the digits, export it, fold it, check it, bench it, and summarise."""
+    with cli_errors():
+        _train_api()
+        _check_choice(model, MODEL_NAMES, "--model")
+        from bnfold.train.demo import STEPS, DemoOptions, run_demo
+
+        options = DemoOptions(out_dir=out, quick=quick, model=model, seed=seed)
+        with _progress() as progress:
+            task = progress.add_task("demo", total=len(STEPS), status="")
+
+            def on_step(name: str) -> None:
+                progress.update(task, advance=1, status=name)
+
+            result = run_demo(options, on_step=on_step)
+    print(result.summary())
+    if not result.passed:
+        print("bnfold: the folded model does not match the original", file=sys.stderr)
+        raise typer.Exit(1)

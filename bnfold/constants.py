@@ -1,0 +1,219 @@
+"""Find the constant value of an ``ir.Value``, evaluating small constant subgraphs.
+
+Exporters hand BN parameters and biases over in many shapes: initializers, ``Constant`` nodes,
+``Identity`` chains (the TorchScript exporter deduplicates equal tensors that way), and small
+computations on constants (torch's dynamo exporter with ``optimize=False`` builds a zero Conv
+bias as ``Shape -> Expand -> CastLike -> Expand``). The resolver sees through all of them
+without changing the graph; the fold later drops whatever became unused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+# Ops evaluated on constant inputs (cheap, shape-like); the result must stay small.
+_EVALUABLE = frozenset(
+    {
+        "Cast", "CastLike", "Concat", "ConstantOfShape", "Div", "Expand", "Flatten", "Gather",
+        "Identity", "Mul", "Add", "Sub", "Neg", "Reshape", "Shape", "Slice", "Squeeze",
+        "Unsqueeze", "Transpose", "Sqrt", "Reciprocal", "Range", "Size",
+    }
+)  # fmt: skip
+_MAX_EVAL_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class Constant:
+    """A resolved constant: its array and whether a caller may override it at run time."""
+
+    array: np.ndarray
+    overridable: bool  # an initializer that is also a graph input
+
+
+class ConstantResolver:
+    """Resolve values to numpy arrays, caching what was evaluated."""
+
+    def __init__(self) -> None:
+        # keyed by the value itself (not id(): ids are reused once removed values are freed)
+        self._cache: dict[ir.Value, Constant | None] = {}
+
+    def resolve(self, value: ir.Value | None) -> Constant | None:
+        """The constant behind ``value``, or None when it depends on run-time data."""
+        if value is None:
+            return None
+        key = value
+        if key not in self._cache:
+            self._cache[key] = None  # guards cycles
+            self._cache[key] = self._resolve(value)
+        return self._cache[key]
+
+    def array(self, value: ir.Value | None) -> np.ndarray | None:
+        const = self.resolve(value)
+        return None if const is None else const.array
+
+    def forget(self, value: ir.Value) -> None:
+        self._cache.pop(value, None)
+
+    def _resolve(self, value: ir.Value) -> Constant | None:
+        tensor = value.const_value
+        if tensor is not None and (value.is_initializer() or value.producer() is None):
+            return Constant(tensor.numpy(), overridable=value.is_graph_input())
+        node = value.producer()
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return None
+        if node.op_type == "Constant":
+            array = _constant_node_value(node)
+            return None if array is None else Constant(array, False)
+        if node.op_type == "Identity":
+            return self.resolve(node.inputs[0])
+        if node.op_type == "Shape":
+            return self._shape_of(node)
+        if node.op_type not in _EVALUABLE or len(node.outputs) != 1:
+            return None
+        return self._evaluate(node)
+
+    def _shape_of(self, node: ir.Node) -> Constant | None:
+        shape = node.inputs[0].shape if node.inputs and node.inputs[0] is not None else None
+        if shape is None or not shape.is_static():
+            return None
+        dims = np.array([int(d) for d in shape], dtype=np.int64)
+        rank = len(dims)
+        start = node.attributes.get_int("start", 0)
+        end = node.attributes.get_int("end", rank)
+        start = max(0, min(rank, start + rank if start < 0 else start))
+        end = max(0, min(rank, end + rank if end < 0 else end))
+        return Constant(dims[start:end], False)
+
+    def _evaluate(self, node: ir.Node) -> Constant | None:
+        feeds: dict[str, np.ndarray] = {}
+        names: list[str] = []
+        overridable = False
+        for i, inp in enumerate(node.inputs):
+            name = f"in{i}"
+            names.append(name if inp is not None else "")
+            if inp is None:
+                continue
+            if node.op_type == "CastLike" and i == 1 and inp.dtype is not None:
+                feeds[name] = np.zeros((), dtype=inp.dtype.numpy())
+                continue
+            const = self.resolve(inp)
+            if const is None or const.array.size > _MAX_EVAL_ELEMENTS:
+                return None
+            overridable |= const.overridable
+            feeds[name] = const.array
+        args = [feeds.get(n) if n else None for n in names]
+        result = _numpy_eval(node, args)
+        if result is NotImplemented:
+            result = _run_single(node, names, feeds)
+        if result is None or result.size > _MAX_EVAL_ELEMENTS:
+            return None
+        return Constant(result, overridable)
+
+
+def _constant_node_value(node: ir.Node) -> np.ndarray | None:
+    for key, attr in node.attributes.items():
+        if key == "value":
+            return attr.as_tensor().numpy()
+        if key == "value_float":
+            return np.array(attr.as_float(), dtype=np.float32)
+        if key == "value_floats":
+            return np.array(list(attr.as_floats()), dtype=np.float32)
+        if key == "value_int":
+            return np.array(attr.as_int(), dtype=np.int64)
+        if key == "value_ints":
+            return np.array(list(attr.as_ints()), dtype=np.int64)
+    return None
+
+
+def _axes(node: ir.Node, args: list, rank: int) -> list[int] | None:
+    attr = node.attributes.get("axes")
+    axes = (
+        list(attr.as_ints())
+        if attr is not None
+        else (
+            [int(a) for a in args[1].reshape(-1)] if len(args) > 1 and args[1] is not None else None
+        )
+    )
+    return None if axes is None else sorted(a + rank if a < 0 else a for a in axes)
+
+
+def _numpy_eval(node: ir.Node, args: list):
+    """numpy implementations of the shape-like ops exporters wrap constants in."""
+    op, x = node.op_type, args[0] if args else None
+    attrs = node.attributes
+    if op in ("Identity",):
+        return x
+    if op == "Unsqueeze":
+        axes = _axes(node, args, x.ndim + len(_axes(node, args, 0) or []))
+        return None if axes is None else np.expand_dims(x, tuple(axes))
+    if op == "Squeeze":
+        axes = _axes(node, args, x.ndim)
+        return np.squeeze(x) if axes is None else np.squeeze(x, tuple(axes))
+    if op == "Reshape":
+        shape = [int(d) for d in args[1].reshape(-1)]
+        allow_zero = attrs.get("allowzero")
+        if not (allow_zero is not None and allow_zero.as_int()):
+            shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+        return x.reshape(shape)
+    if op == "Expand":
+        shape = [int(d) for d in args[1].reshape(-1)]
+        return x * np.ones(shape, dtype=x.dtype)
+    if op == "CastLike":
+        return x.astype(args[1].dtype)
+    if op == "Cast":
+        return x.astype(ir.DataType(attrs["to"].as_int()).numpy())
+    if op == "Concat":
+        return np.concatenate([a for a in args if a is not None], axis=attrs["axis"].as_int())
+    if op == "ConstantOfShape":
+        fill = attrs.get("value")
+        value = (
+            fill.as_tensor().numpy().reshape(-1) if fill is not None else np.zeros(1, np.float32)
+        )
+        return np.full([int(d) for d in x.reshape(-1)], value[0], dtype=value.dtype)
+    if op in ("Add", "Sub", "Mul") and x.dtype == args[1].dtype:
+        return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](x, args[1])
+    if op == "Neg":
+        return -x
+    return NotImplemented
+
+
+def _run_single(node: ir.Node, names: list[str], feeds: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Run one node with onnx's reference evaluator at the node's opset; None if it cannot."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    graph = node.graph
+    opset = node.version
+    if opset is None and graph is not None:
+        opset = graph.opset_imports.get("", graph.opset_imports.get("ai.onnx"))
+    if opset is None:
+        opset = onnx.defs.onnx_opset_version()
+    proto = onnx.helper.make_node(
+        node.op_type, names, ["out"], **{k: _attr_value(a) for k, a in node.attributes.items()}
+    )
+    inputs = [
+        onnx.helper.make_tensor_value_info(
+            n, onnx.helper.np_dtype_to_tensor_dtype(feeds[n].dtype), None
+        )
+        for n in names
+        if n
+    ]
+    output = onnx.helper.make_tensor_value_info("out", onnx.TensorProto.UNDEFINED, None)
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph([proto], "eval", inputs, [output]),
+        opset_imports=[onnx.helper.make_opsetid("", opset)],
+    )
+    try:
+        (out,) = ReferenceEvaluator(model).run(None, feeds)
+    except Exception:
+        return None
+    return np.asarray(out)
+
+
+def _attr_value(attr: ir.Attr):
+    if attr.type == ir.AttributeType.TENSOR:
+        return ir.serde.serialize_tensor(attr.as_tensor())
+    return attr.value

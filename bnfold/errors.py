@@ -1,0 +1,35 @@
+"""Errors bnfold raises; each maps to a CLI exit code."""
+
+from __future__ import annotations
+
+import os
+
+
+class BnfoldError(Exception):
+    """Base class. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 2
+
+
+class BadInputError(BnfoldError):
+    """The input (file, option or model content) is unusable. Exit code 2; nothing is written."""
+
+    exit_code = 2
+
+    def __init__(self, path: str | os.PathLike | None, problem: str) -> None:
+        self.path = None if path is None else os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class UsageError(BadInputError):
+    """A bad combination of options."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(None, problem)
+
+
+class VerificationError(BnfoldError):
+    """Outputs differ beyond tolerance. Exit code 1."""
+
+    exit_code = 1

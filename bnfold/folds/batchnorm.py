@@ -1,0 +1,80 @@
+"""Read a BatchNormalization node as a per-channel affine map, or say why not.
+
+Inference BatchNormalization is ``y = s * x + t`` on axis 1 with
+``s = scale / sqrt(var + epsilon)`` and ``t = B - s * mean``.
+
+Conditions (every opset, 6 to current):
+- inference only: ``training_mode`` (opset 14+) is 0; opset 6's ``is_test`` is 1 or the node
+  has a single output (opset 6 with is_test=0 and one output is inference in practice: onnx
+  removed the attribute in opset 7 because only the output count matters);
+- no optional output (running/saved mean and var) is used or is a graph output;
+- ``spatial`` (opset 6 to 8) is 1: spatial=0 means per-activation parameters, refused;
+- all four parameters are constants of C values (or one value broadcast), finite, and
+  ``var + epsilon > 0``. Non-finite or non-positive ``var + epsilon`` is bad input, not a refusal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from bnfold.arithmetic import Affine, batchnorm_affine
+from bnfold.errors import BadInputError
+from bnfold.folds.common import FoldContext, Refusal, as_vector, float_attr, int_attr
+
+_PARAM_NAMES = ("scale", "B", "mean", "var")
+
+
+def bn_opset(node: ir.Node, ctx: FoldContext) -> int:
+    if node.version is not None:
+        return node.version
+    graph = node.graph
+    imports = graph.opset_imports if graph is not None else ctx.model.opset_imports
+    return imports.get("", imports.get("ai.onnx", ctx.model.opset_imports.get("", 0)))
+
+
+def batchnorm_refusal(node: ir.Node, ctx: FoldContext) -> Refusal | None:
+    """Structural reasons not to fold this BN (mode, outputs, attributes)."""
+    opset = bn_opset(node, ctx)
+    if opset < 6:
+        return Refusal(f"BatchNormalization-{opset} (consumed_inputs era) is not supported")
+    if int_attr(node, "training_mode", 0) != 0:
+        return Refusal("training_mode=1: the node normalises with batch statistics")
+    if opset < 7 and int_attr(node, "is_test", 0) == 0 and len(node.outputs) > 1:
+        return Refusal("is_test=0 with statistics outputs: a training-mode node")
+    if opset < 9 and int_attr(node, "spatial", 1) != 1:
+        return Refusal("spatial=0: per-activation statistics cannot fold into a channel")
+    for out in node.outputs[1:]:
+        if out is not None and (out.uses() or out.is_graph_output()):
+            return Refusal(f"optional output '{out.name}' is used")
+    if len(node.inputs) < 5:
+        return Refusal(f"has {len(node.inputs)} inputs, expected 5")
+    return None
+
+
+def batchnorm_affine_of(node: ir.Node, ctx: FoldContext, channels: int) -> Affine | Refusal:
+    """The BN's ``(s, t)`` for ``channels`` channels, in float64."""
+    refusal = batchnorm_refusal(node, ctx)
+    if refusal:
+        return refusal
+    params: list[np.ndarray] = []
+    for name, value in zip(_PARAM_NAMES, node.inputs[1:5], strict=False):
+        array = ctx.const(value, f"BN {name}")
+        if isinstance(array, Refusal):
+            return array
+        vector = as_vector(array, channels, f"BN {name}")
+        if isinstance(vector, Refusal):
+            return vector
+        params.append(vector)
+    gamma, beta, mean, var = params
+    eps = float_attr(node, "epsilon", 1e-5)
+    label = node.name or (node.outputs[0].name if node.outputs else "?")
+    for name, vec in zip(_PARAM_NAMES, params, strict=False):
+        if not np.all(np.isfinite(vec)):
+            raise BadInputError(None, f"BatchNormalization '{label}': {name} has NaN or Inf values")
+    if np.any(var + eps <= 0):
+        bad = int(np.count_nonzero(var + eps <= 0))
+        raise BadInputError(
+            None, f"BatchNormalization '{label}': var + epsilon <= 0 in {bad} channel(s)"
+        )
+    return batchnorm_affine(gamma, beta, mean, var, eps)

@@ -1,0 +1,237 @@
+"""The whole path on the embedded default: train -> export (BN kept) -> fold -> check -> bench.
+
+``run_demo`` writes every artefact into one folder and returns a ``DemoResult`` whose
+``summary()`` is what ``bnfold demo`` prints.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from bnfold.train.data import split_digits
+from bnfold.train.export import export_model
+from bnfold.train.outputs import train_to_dir, write_json
+from bnfold.train.training import TARGET_ACCURACY, TrainConfig
+
+__all__ = ["STEPS", "DemoOptions", "DemoResult", "run_demo"]
+
+STEPS = ("train", "export", "fold", "check", "bench", "report")
+FULL_LEVELS = ("disable", "basic", "extended", "all")
+QUICK_LEVELS = ("disable", "all")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """``quick`` trains one short epoch and benches briefly (for CI); otherwise the full run."""
+
+    out_dir: str | os.PathLike = "out/demo"
+    quick: bool = False
+    model: str = "digits_cnn"
+    seed: int = 0
+    epochs: int | None = None  # default: 20, or 1 with quick
+
+    def train_config(self) -> TrainConfig:
+        epochs = self.epochs or (1 if self.quick else 20)
+        return TrainConfig(
+            model=self.model,
+            epochs=epochs,
+            seed=self.seed,
+            lr=0.1,
+            max_steps_per_epoch=15 if self.quick else None,
+        )
+
+    def bench_options(self):
+        from bnfold.bench import BenchOptions
+
+        if self.quick:
+            return BenchOptions(
+                levels=QUICK_LEVELS,
+                warmup=2,
+                rounds=5,
+                iters=5,
+                creation_repeats=1,
+                memory=False,
+                resamples=200,
+                seed=self.seed,
+            )
+        return BenchOptions(levels=FULL_LEVELS, rounds=20, iters=20, memory=False, seed=self.seed)
+
+
+@dataclass
+class DemoResult:
+    """What the demo measured and wrote."""
+
+    options: DemoOptions
+    files: dict[str, str] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    onnx_accuracy: dict[str, float | None] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+    fold: dict[str, Any] = field(default_factory=dict)
+    check: dict[str, Any] = field(default_factory=dict)
+    bench: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.check.get("passed")) and self.fold.get("bn_after") == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        opts = {
+            k: os.fspath(v) if isinstance(v, Path) else v for k, v in vars(self.options).items()
+        }
+        return {
+            "passed": self.passed,
+            "options": opts,
+            "summary": self.summary_dict(),
+            "files": self.files,
+            "train": self.train,
+            "onnx_accuracy": self.onnx_accuracy,
+            "export": self.export,
+            "fold": self.fold,
+            "check": self.check,
+            "bench": self.bench,
+            "timings_s": self.timings,
+        }
+
+    def summary_dict(self) -> dict[str, Any]:
+        max_abs = max((o["max_abs"] for o in self.check.get("outputs", [])), default=None)
+        ratios = {lv["level"]: 1.0 / lv["speedup"]["ratio"] for lv in self.bench.get("levels", [])}
+        return {
+            "model": self.options.model,
+            "test_accuracy": self.train.get("final_accuracy"),
+            "test_mse": None
+            if self.train.get("final_accuracy") is not None
+            else self.train.get("final_test_loss"),
+            "onnx_accuracy_before": self.onnx_accuracy.get("before"),
+            "onnx_accuracy_after": self.onnx_accuracy.get("after"),
+            "bn_nodes_before": self.fold.get("bn_before"),
+            "bn_nodes_after": self.fold.get("bn_after"),
+            "check_passed": self.check.get("passed"),
+            "max_abs_error": max_abs,
+            "latency_ratio_folded_over_original": ratios,
+            "total_s": self.timings.get("total"),
+        }
+
+    def summary(self) -> str:
+        s = self.summary_dict()
+        cfg = self.train.get("config", {})
+        lines = [
+            f"bnfold demo: {s['model']} trained on the bundled digits ({cfg.get('epochs')} epochs)"
+        ]
+        if s["test_accuracy"] is not None:
+            e90 = self.train.get("epochs_to_90")
+            lines.append(
+                f"  accuracy      torch {s['test_accuracy']:.4f}, ONNX before fold "
+                f"{_fmt(s['onnx_accuracy_before'])}, after fold {_fmt(s['onnx_accuracy_after'])} "
+                f"(test set; {TARGET_ACCURACY:.0%} reached at epoch {e90 or 'never'})"
+            )
+        else:
+            lines.append(f"  test MSE      {s['test_mse']:.5f}")
+        lines.append(
+            f"  BatchNorm     {s['bn_nodes_before']} BatchNormalization nodes before, "
+            f"{s['bn_nodes_after']} after ({self.fold.get('summary', '')})"
+        )
+        verdict = "passed" if s["check_passed"] else "FAILED"
+        lines.append(
+            f"  check         {verdict}, max |folded - original| = {_fmt(s['max_abs_error'], '.3g')}"
+        )
+        lines.append(
+            "  latency       folded / original, onnxruntime CPU (below 1: the fold is faster)"
+        )
+        for lv in self.bench.get("levels", []):
+            sp = lv["speedup"]
+            lines.append(
+                f"    {lv['level']:<9} {1.0 / sp['ratio']:.3f}  "
+                f"(95% CI {1.0 / sp['ci_high']:.3f}..{1.0 / sp['ci_low']:.3f}, {sp['verdict']})"
+            )
+        lines.append("  files")
+        lines += [f"    {name:<12} {path}" for name, path in self.files.items()]
+        lines.append(f"  total {s['total_s']:.1f} s")
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"input": x})
+    return float((logits.argmax(axis=1) == y).mean())
+
+
+def run_demo(
+    options: DemoOptions | None = None, on_step: Callable[[str], None] | None = None
+) -> DemoResult:
+    """Run every step of ``STEPS``, writing into ``options.out_dir``; ``on_step`` after each."""
+    import bnfold
+    from bnfold.bench import bench_models, write_plot
+    from bnfold.model_io import save_model
+    from bnfold.verify import CheckOptions, check_models
+
+    options = options or DemoOptions()
+    out = Path(options.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = DemoResult(options)
+    start = last = time.perf_counter()
+
+    def done(step: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        result.timings[step] = round(now - last, 3)
+        last = now
+        if on_step is not None:
+            on_step(step)
+
+    config = options.train_config()
+    files = train_to_dir(config, out)
+    result.train = files.result.to_dict()
+    result.files |= {
+        "checkpoint": str(files.checkpoint),
+        "metrics": str(files.metrics),
+        "curve": str(files.curve),
+    }
+    done("train")
+
+    before, after = out / f"{options.model}.onnx", out / f"{options.model}.folded.onnx"
+    result.export = export_model(files.result.model, before, dynamic_batch=True).to_dict()
+    result.files["onnx_before"] = str(before)
+    done("export")
+
+    folded = bnfold.fold(before)
+    save_model(folded.model, after)
+    result.fold = folded.report.to_dict()
+    result.files["onnx_after"] = str(after)
+    done("fold")
+
+    check = check_models(before, after, CheckOptions(seed=options.seed))
+    result.check = check.to_dict()
+    if config.task == "classify":
+        data = split_digits(config.test_fraction, config.seed)
+        result.onnx_accuracy = {
+            side: _onnx_accuracy(p, data.x_test, data.y_test)
+            for side, p in (("before", before), ("after", after))
+        }
+    done("check")
+
+    bench = bench_models(before, after, options.bench_options())
+    result.bench = bench.to_dict()
+    bench_plot = out / "bench.png"
+    write_plot(bench, bench_plot)
+    result.files["bench_plot"] = str(bench_plot)
+    done("bench")
+
+    report = out / "demo_report.json"
+    result.files["report"] = str(report)
+    result.timings["total"] = round(time.perf_counter() - start, 3)
+    write_json(result.to_dict(), report)
+    done("report")
+    return result

@@ -1,0 +1,88 @@
+"""Run training or the BN comparison and write their files (checkpoint, metrics JSON, plots)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bnfold.train.checkpoint import save_checkpoint
+from bnfold.train.compare import CompareOptions, CompareResult, CompareRun, run_compare
+from bnfold.train.plots import write_compare_plot, write_training_curve
+from bnfold.train.training import EpochStats, TrainConfig, TrainResult, train
+
+__all__ = ["CompareFiles", "TrainFiles", "compare_to_dir", "run_name", "train_to_dir", "write_json"]
+
+
+def write_json(data: dict, path: str | os.PathLike) -> Path:
+    """Write ``data`` as indented JSON with a trailing newline."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(data, indent=2) + "\n")
+    return p
+
+
+def run_name(config: TrainConfig) -> str:
+    """File stem for a run: ``digits_cnn``, ``mlp-nobn-sigmoid``, ``resnet-bnafter``..."""
+    parts = [config.model]
+    if not config.bn:
+        parts.append("nobn")
+    elif config.bn_position == "after":
+        parts.append("bnafter")
+    if config.activation != "relu":
+        parts.append(config.activation)
+    return "-".join(parts)
+
+
+@dataclass(frozen=True)
+class TrainFiles:
+    result: TrainResult
+    checkpoint: Path
+    metrics: Path
+    curve: Path
+
+
+def train_to_dir(
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> TrainFiles:
+    """Train, then write ``NAME.pt``, ``NAME.metrics.json`` and ``NAME.curve.png`` in ``out_dir``."""
+    out = Path(out_dir)
+    result = train(config, on_epoch=on_epoch)
+    stem = run_name(config)
+    return TrainFiles(
+        result,
+        save_checkpoint(result, out / f"{stem}.pt"),
+        write_json(result.to_dict(), out / f"{stem}.metrics.json"),
+        write_training_curve(result, out / f"{stem}.curve.png"),
+    )
+
+
+@dataclass(frozen=True)
+class CompareFiles:
+    result: CompareResult
+    table: Path
+    metrics: Path
+    plot: Path
+
+
+def compare_to_dir(
+    options: CompareOptions,
+    out_dir: str | os.PathLike,
+    on_run: Callable[[CompareRun], None] | None = None,
+) -> CompareFiles:
+    """Run the comparison; write ``compare.md``, ``compare.json`` and ``compare.png``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_compare(options, on_run=on_run)
+    table = out / "compare.md"
+    table.write_text(result.table() + "\n")
+    return CompareFiles(
+        result,
+        table,
+        write_json(result.to_dict(), out / "compare.json"),
+        write_compare_plot(result, out / "compare.png"),
+    )

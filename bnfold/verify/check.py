@@ -1,0 +1,342 @@
+"""Run a reference and a candidate model on the same inputs and compare every output."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bnfold.errors import BadInputError, UsageError
+from bnfold.verify.inputs import InputSet, input_sets, session_inputs
+from bnfold.verify.locate import Divergence, locate_divergence
+from bnfold.verify.session import (
+    ModelRef,
+    check_opt_level,
+    check_provider,
+    make_session,
+    model_ref,
+)
+from bnfold.verify.stats import (
+    MODES,
+    ErrorStats,
+    Tolerance,
+    compare_arrays,
+    failed_stats,
+    json_float,
+    noise_multiple,
+)
+
+# Default (atol, rtol) by output dtype, used where CheckOptions leaves atol/rtol as None.
+DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
+    "float16": (1e-3, 1e-2),
+    "bfloat16": (1e-2, 5e-2),
+    "float32": (1e-5, 1e-4),
+    "float64": (1e-9, 1e-7),
+}
+EXACT_TOLERANCE = (0.0, 0.0)  # integers, bools, strings
+
+
+@dataclass
+class CheckOptions:
+    """How to compare two models. ``atol``/``rtol`` None mean the dtype default
+    (float32: 1e-5 / 1e-4, float16: 1e-3 / 1e-2, float64: 1e-9 / 1e-7, integers and bools: exact).
+    ``per_output`` maps an output name to its own (atol, rtol)."""
+
+    samples: int = 3
+    seed: int = 0
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    inputs: list[str | os.PathLike[str]] = field(default_factory=list)
+    int_range: tuple[int, int] = (0, 10)
+    batch: int | None = None
+    provider: str = "cpu"
+    opt_level: str = "disable"
+    atol: float | None = None
+    rtol: float | None = None
+    mode: str = "range"
+    per_output: dict[str, tuple[float, float]] = field(default_factory=dict)
+    calibrate: bool = False
+    locate: bool = False
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(
+                f"--tolerance-mode must be one of {', '.join(MODES)}, not {self.mode!r}"
+            )
+        for name, value in (("--atol", self.atol), ("--rtol", self.rtol)):
+            if value is not None and value < 0:
+                raise UsageError(f"{name} must be >= 0, not {value}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1, not {self.threads}")
+        check_opt_level(self.opt_level)
+        check_provider(self.provider)
+
+    def tolerance(self, output: str, dtype: np.dtype | str) -> Tolerance:
+        if output in self.per_output:
+            atol, rtol = self.per_output[output]
+            return Tolerance(atol, rtol, self.mode)
+        default = DEFAULT_TOLERANCES.get(np.dtype(dtype).name, EXACT_TOLERANCE)
+        atol = default[0] if self.atol is None else self.atol
+        rtol = default[1] if self.rtol is None else self.rtol
+        return Tolerance(atol, rtol, self.mode)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(vars(self))
+        d["inputs"] = [os.fspath(p) for p in self.inputs]
+        d["shapes"] = {k: list(v) for k, v in self.shapes.items()}
+        d["per_output"] = {k: list(v) for k, v in self.per_output.items()}
+        d["int_range"] = list(self.int_range)
+        return d
+
+
+@dataclass
+class Calibration:
+    """The reference's own noise on one output: its max abs change under another setting."""
+
+    setting: str
+    noise_abs: float
+    noise_floor: float  # max(noise_abs, dtype epsilon x output range)
+    error_vs_noise: float  # candidate max abs error / noise_floor
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: json_float(v) if isinstance(v, float) else v for k, v in vars(self).items()}
+
+
+@dataclass
+class OutputResult:
+    """The comparison of one output over every input set."""
+
+    name: str
+    candidate_name: str
+    dtype: str
+    shapes: list[tuple[int, ...]]
+    tolerance: Tolerance
+    stats: ErrorStats
+    problem: str | None = None
+    calibration: Calibration | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.problem is None and self.stats.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "candidate_name": self.candidate_name,
+            "dtype": self.dtype,
+            "shapes": [list(s) for s in self.shapes],
+            "tolerance": vars(self.tolerance),
+            "passed": self.passed,
+            "problem": self.problem,
+            **self.stats.to_dict(),
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+        }
+
+
+@dataclass
+class CheckResult:
+    """Everything ``check_models`` found; ``passed`` is True when every output is within tolerance."""
+
+    reference: str
+    candidate: str
+    options: CheckOptions
+    input_sets: list[str]
+    outputs: list[OutputResult]
+    divergence: Divergence | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    @property
+    def failed_outputs(self) -> list[str]:
+        return [o.name for o in self.outputs if not o.passed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "reference": self.reference,
+            "candidate": self.candidate,
+            "options": self.options.to_dict(),
+            "input_sets": self.input_sets,
+            "outputs": [o.to_dict() for o in self.outputs],
+            "locate": self.divergence.to_dict() if self.divergence else None,
+            "notes": self.notes,
+        }
+
+    def render(self):
+        """A rich renderable (table and notes) for a terminal."""
+        from bnfold.verify.report import render_check
+
+        return render_check(self)
+
+
+def _label(ref: ModelRef) -> str:
+    return str(ref.path) if ref.path is not None else f"<{ref.label} in memory>"
+
+
+def _flat(value: Any) -> np.ndarray:
+    if isinstance(value, list):  # a sequence output
+        parts = [np.asarray(v).ravel() for v in value]
+        return np.concatenate(parts) if parts else np.zeros(0)
+    return np.asarray(value)
+
+
+def _run_all(session, sets: list[InputSet], names: list[str]) -> list[dict[str, np.ndarray]]:
+    wanted = {i.name for i in session.get_inputs()}
+    results = []
+    for s in sets:
+        try:
+            values = session.run(names, {k: v for k, v in s.feeds.items() if k in wanted})
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BadInputError(None, f"onnxruntime failed on input set {s.label}: {msg}") from exc
+        results.append({n: _flat(v) for n, v in zip(names, values, strict=True)})
+    return results
+
+
+def _pair_outputs(
+    ref_names: list[str], cand_names: list[str], notes: list[str]
+) -> list[tuple[str, str]]:
+    if set(ref_names) == set(cand_names):
+        return [(n, n) for n in ref_names]
+    if len(ref_names) == len(cand_names):
+        notes.append("output names differ; outputs were paired by position")
+        return list(zip(ref_names, cand_names, strict=True))
+    raise BadInputError(
+        None,
+        f"the models' outputs differ: reference has {', '.join(ref_names)}; "
+        f"candidate has {', '.join(cand_names)}",
+    )
+
+
+def _compare_output(
+    ref_name: str,
+    cand_name: str,
+    ref_runs: list[dict],
+    cand_runs: list[dict],
+    options: CheckOptions,
+) -> OutputResult:
+    refs = [r[ref_name] for r in ref_runs]
+    cands = [c[cand_name] for c in cand_runs]
+    dtype = str(refs[0].dtype)
+    tol = options.tolerance(ref_name, refs[0].dtype)
+    shapes = [tuple(r.shape) for r in refs]
+    for r, c in zip(refs, cands, strict=True):
+        if r.shape != c.shape:
+            return OutputResult(
+                ref_name,
+                cand_name,
+                dtype,
+                shapes,
+                tol,
+                failed_stats(r.size),
+                f"shape differs: reference {r.shape}, candidate {c.shape}",
+            )
+        if (r.dtype.kind in "OUS") != (c.dtype.kind in "OUS"):
+            return OutputResult(
+                ref_name,
+                cand_name,
+                dtype,
+                shapes,
+                tol,
+                failed_stats(r.size),
+                f"type differs: reference {r.dtype}, candidate {c.dtype}",
+            )
+    if refs[0].dtype.kind in "OUS":  # strings: equal or not
+        equal = all(np.array_equal(r, c) for r, c in zip(refs, cands, strict=True))
+        size = sum(r.size for r in refs)
+        stats = compare_arrays(np.zeros(size), np.zeros(size) if equal else np.ones(size), tol)
+        return OutputResult(ref_name, cand_name, dtype, shapes, tol, stats)
+    ref_all = np.concatenate([r.ravel() for r in refs])
+    cand_all = np.concatenate([c.ravel() for c in cands])
+    return OutputResult(
+        ref_name, cand_name, dtype, shapes, tol, compare_arrays(ref_all, cand_all, tol)
+    )
+
+
+def _calibrate(
+    ref: ModelRef,
+    sets: list[InputSet],
+    outputs: list[OutputResult],
+    ref_runs: list[dict],
+    options: CheckOptions,
+) -> None:
+    """Rerun the reference at another optimisation level; its change is the noise floor."""
+    other = "all" if options.opt_level != "all" else "disable"
+    session = make_session(ref, provider=options.provider, opt_level=other, threads=options.threads)
+    names = [o.name for o in outputs]
+    alt_runs = _run_all(session, sets, names)
+    for out in outputs:
+        if out.problem or out.dtype in ("object",) or out.dtype.startswith(("<U", "|S")):
+            continue
+        ref_all = np.concatenate([r[out.name].ravel() for r in ref_runs])
+        alt_all = np.concatenate([a[out.name].ravel() for a in alt_runs])
+        noise = compare_arrays(ref_all, alt_all, out.tolerance).max_abs
+        dtype = np.dtype(out.dtype)
+        eps = float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else 0.0
+        floor = max(noise, eps * out.stats.ref_range)
+        out.calibration = Calibration(
+            setting=f"reference at opt-level {other} vs {options.opt_level}",
+            noise_abs=noise,
+            noise_floor=floor,
+            error_vs_noise=noise_multiple(out.stats.max_abs, floor),
+        )
+
+
+def check_models(
+    reference: Any, candidate: Any, options: CheckOptions | None = None
+) -> CheckResult:
+    """Compare every output of ``candidate`` with ``reference`` on the same inputs.
+
+    ``reference``/``candidate``: a path, an ``onnx.ModelProto`` or serialized bytes (models over
+    2 GB, with external data, by path). Raises BadInputError/UsageError for unusable inputs; a
+    failed comparison is a result with ``passed`` False, not an exception.
+    """
+    options = options or CheckOptions()
+    options.validate()
+    ref, cand = model_ref(reference, "reference"), model_ref(candidate, "candidate")
+    kw = {"provider": options.provider, "opt_level": options.opt_level, "threads": options.threads}
+    ref_sess, cand_sess = make_session(ref, **kw), make_session(cand, **kw)
+    infos = session_inputs(ref_sess)
+    ref_types = {i.name: i.type for i in infos}
+    for i in session_inputs(cand_sess):
+        if ref_types.get(i.name) != i.type:
+            raise BadInputError(
+                None,
+                f"candidate input {i.name!r} ({i.type}) is not an input of the reference "
+                f"(reference inputs: {', '.join(f'{k} ({v})' for k, v in ref_types.items())})",
+            )
+    sets = input_sets(
+        infos,
+        samples=options.samples,
+        seed=options.seed,
+        shapes=options.shapes,
+        inputs=options.inputs,
+        int_range=options.int_range,
+        batch=options.batch,
+    )
+    notes: list[str] = []
+    pairs = _pair_outputs(
+        [o.name for o in ref_sess.get_outputs()], [o.name for o in cand_sess.get_outputs()], notes
+    )
+    ref_runs = _run_all(ref_sess, sets, [p[0] for p in pairs])
+    cand_runs = _run_all(cand_sess, sets, [p[1] for p in pairs])
+    outputs = [_compare_output(r, c, ref_runs, cand_runs, options) for r, c in pairs]
+    if options.calibrate:
+        _calibrate(ref, sets, outputs, ref_runs, options)
+    result = CheckResult(
+        _label(ref), _label(cand), options, [s.label for s in sets], outputs, notes=notes
+    )
+    if options.locate and not result.passed:
+
+        def compare(name: str, r: np.ndarray, c: np.ndarray) -> ErrorStats:
+            return compare_arrays(r, c, options.tolerance(name, r.dtype))
+
+        result.divergence = locate_divergence(ref, cand, sets, compare, **kw)
+        if result.divergence is None:
+            notes.append("--locate: no intermediate tensor shared by both graphs diverges")
+    return result

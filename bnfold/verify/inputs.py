@@ -1,0 +1,224 @@
+"""Input sets for a model: seeded random draws by dtype, real arrays from .npz files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bnfold.errors import BadInputError, UsageError
+
+_ORT_DTYPES: dict[str, np.dtype] = {
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(int16)": np.dtype(np.int16),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(uint16)": np.dtype(np.uint16),
+    "tensor(uint32)": np.dtype(np.uint32),
+    "tensor(uint64)": np.dtype(np.uint64),
+    "tensor(bool)": np.dtype(np.bool_),
+}
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """One model input as onnxruntime reports it; dims are ints, names (symbolic) or None."""
+
+    name: str
+    type: str
+    dims: tuple[int | str | None, ...]
+
+    @property
+    def dtype(self) -> np.dtype:
+        if self.type not in _ORT_DTYPES:
+            raise BadInputError(
+                None, f"input {self.name!r} has type {self.type}, which bnfold cannot feed"
+            )
+        return _ORT_DTYPES[self.type]
+
+
+@dataclass(frozen=True)
+class InputSet:
+    """One feed dict and where it came from (a file, or a seeded random draw)."""
+
+    label: str
+    feeds: dict[str, np.ndarray]
+
+
+def session_inputs(session) -> list[InputInfo]:
+    """The inputs of an onnxruntime session."""
+    return [
+        InputInfo(i.name, i.type, tuple(d if isinstance(d, int | str) else None for d in i.shape))
+        for i in session.get_inputs()
+    ]
+
+
+def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``NAME=1x3x224x224`` -> ("NAME", (1, 3, 224, 224)); NAME is an input or a symbolic dim."""
+    name, sep, dims = text.rpartition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
+        if any(d < 0 for d in shape):
+            raise ValueError
+    except ValueError:
+        raise UsageError(
+            f"--shape {text!r}: expected NAME=1x3x224x224 (an input) or DIM=8 (a symbolic dim)"
+        ) from None
+    return name, shape
+
+
+def resolve_shape(
+    info: InputInfo, shapes: Mapping[str, Sequence[int]], batch: int | None = None
+) -> tuple[int, ...]:
+    """Concrete dims for ``info``: a full shape given for the input, else each symbolic dim by name,
+    else ``batch`` for a symbolic first dim. An unresolved dim is a UsageError naming the flag."""
+    if info.name in shapes:
+        shape = tuple(int(d) for d in shapes[info.name])
+        if len(shape) != len(info.dims):
+            raise UsageError(
+                f"--shape {info.name}=...: the input has rank {len(info.dims)}, "
+                f"the shape given has rank {len(shape)}"
+            )
+        for i, (want, got) in enumerate(zip(info.dims, shape, strict=True)):
+            if isinstance(want, int) and want >= 0 and want != got:
+                raise UsageError(
+                    f"--shape {info.name}=...: dim {i} is fixed at {want} in the model, not {got}"
+                )
+        return shape
+    out: list[int] = []
+    for i, d in enumerate(info.dims):
+        if isinstance(d, int) and d >= 0:
+            out.append(d)
+        elif isinstance(d, str) and d in shapes and len(shapes[d]) == 1:
+            out.append(int(shapes[d][0]))
+        elif i == 0 and batch is not None:
+            out.append(batch)
+        else:
+            example = "x".join(str(x) if isinstance(x, int) and x >= 0 else "1" for x in info.dims)
+            dim_name = f" ({d!r})" if isinstance(d, str) else ""
+            alt = f" or --shape {d}=1" if isinstance(d, str) else ""
+            raise UsageError(
+                f"input {info.name!r} dim {i}{dim_name} is not fixed in the model; "
+                f"give it with e.g. --shape {info.name}={example}{alt}"
+            )
+    return tuple(out)
+
+
+def random_feed(
+    info: InputInfo, shape: tuple[int, ...], rng: np.random.Generator, int_range: tuple[int, int]
+) -> np.ndarray:
+    """A random array for one input: floats ~ N(0, 1), ints uniform in int_range (inclusive), bools fair."""
+    dtype = info.dtype
+    if dtype == np.bool_:
+        return np.asarray(rng.random(shape) < 0.5)
+    if np.issubdtype(dtype, np.floating):
+        return np.asarray(rng.standard_normal(shape), dtype=dtype)
+    lo, hi = int_range
+    if lo > hi:
+        raise UsageError(f"--int-range {lo} {hi}: low is above high")
+    limits = np.iinfo(dtype)
+    lo, hi = max(lo, int(limits.min)), min(hi, int(limits.max))
+    return np.asarray(rng.integers(lo, hi, size=shape, endpoint=True, dtype=np.int64), dtype=dtype)
+
+
+def npz_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The .npz files named, a folder standing for the .npz files in it (sorted)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.glob("*.npz"))
+            if not found:
+                raise BadInputError(p, "folder holds no .npz files")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise BadInputError(p, "no such file or folder")
+    return files
+
+
+def load_npz(path: Path, infos: Sequence[InputInfo]) -> dict[str, np.ndarray]:
+    """One feed dict from an .npz holding one array per input name, cast within its kind."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise BadInputError(path, f"not a readable .npz file ({exc})") from exc
+    names = [i.name for i in infos]
+    missing = [n for n in names if n not in arrays]
+    extra = [k for k in arrays if k not in names]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(missing)}")
+        if extra:
+            parts.append(f"unknown array(s) {', '.join(extra)}")
+        raise BadInputError(path, f"{'; '.join(parts)} (the model's inputs: {', '.join(names)})")
+    feeds = {}
+    for info in infos:
+        arr = arrays[info.name]
+        want = info.dtype
+        if arr.dtype != want:
+            if (
+                arr.dtype.kind not in "biuf"
+                or (want.kind == "b") != (arr.dtype.kind == "b")
+                or ((want.kind == "f") != (arr.dtype.kind == "f"))
+            ):
+                raise BadInputError(
+                    path, f"array {info.name!r} has dtype {arr.dtype}, the input wants {want}"
+                )
+            arr = arr.astype(want)
+        if arr.ndim != len(info.dims):
+            raise BadInputError(
+                path,
+                f"array {info.name!r} has rank {arr.ndim}, the input has rank {len(info.dims)}",
+            )
+        for i, (want_d, got) in enumerate(zip(info.dims, arr.shape, strict=True)):
+            if isinstance(want_d, int) and want_d >= 0 and want_d != got:
+                raise BadInputError(
+                    path, f"array {info.name!r} dim {i} is {got}, the model fixes it at {want_d}"
+                )
+        feeds[info.name] = arr
+    return feeds
+
+
+def input_sets(
+    infos: Sequence[InputInfo],
+    *,
+    samples: int,
+    seed: int,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    inputs: Sequence[str | os.PathLike[str]] = (),
+    int_range: tuple[int, int] = (0, 10),
+    batch: int | None = None,
+) -> list[InputSet]:
+    """Real input sets from ``inputs`` then ``samples`` seeded random sets."""
+    if samples < 0:
+        raise UsageError("--samples must be >= 0")
+    shapes = dict(shapes or {})
+    known = {i.name for i in infos} | {d for i in infos for d in i.dims if isinstance(d, str)}
+    unknown = [k for k in shapes if k not in known]
+    if unknown:
+        raise UsageError(
+            f"--shape {unknown[0]}=...: no input or symbolic dim of that name "
+            f"(inputs: {', '.join(i.name for i in infos) or 'none'})"
+        )
+    sets = [InputSet(str(f), load_npz(f, infos)) for f in npz_files(inputs)]
+    if samples:
+        resolved = {i.name: resolve_shape(i, shapes, batch) for i in infos}
+        for k in range(samples):
+            rng = np.random.default_rng([seed, k])
+            feeds = {i.name: random_feed(i, resolved[i.name], rng, int_range) for i in infos}
+            sets.append(InputSet(f"random #{k} (seed {seed})", feeds))
+    if not sets:
+        raise UsageError("no input sets: give --samples above 0 or --inputs FILE.npz")
+    return sets
