@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common
 
 from bnfold.arithmetic import Affine, fold_bias, range_problem, scale_weight, scaled_weight_problem
 from bnfold.folds.batchnorm import batchnorm_affine_of

@@ -45,7 +45,6 @@ class DemoOptions:
             epochs=epochs,
             seed=self.seed,
             lr=0.1,
-            max_steps_per_epoch=15 if self.quick else None,
         )
 
     def bench_options(self):
@@ -61,8 +60,11 @@ class DemoOptions:
                 memory=False,
                 resamples=200,
                 seed=self.seed,
+                batch=1,
             )
-        return BenchOptions(levels=FULL_LEVELS, rounds=20, iters=20, memory=False, seed=self.seed)
+        return BenchOptions(
+            levels=FULL_LEVELS, rounds=20, iters=20, memory=False, seed=self.seed, batch=1
+        )
 
 
 @dataclass
@@ -124,7 +126,7 @@ class DemoResult:
         s = self.summary_dict()
         cfg = self.train.get("config", {})
         lines = [
-            f"bnfold demo: {s['model']} trained on the bundled digits ({cfg.get('epochs')} epochs)"
+            f"bnfold demo: {s['model']} trained on the bundled digits ({cfg.get('epochs')} epoch{'' if cfg.get('epochs') == 1 else 's'})"
         ]
         if s["test_accuracy"] is not None:
             e90 = self.train.get("epochs_to_90")
@@ -212,7 +214,7 @@ def run_demo(
     result.files["onnx_after"] = str(after)
     done("fold")
 
-    check = check_models(before, after, CheckOptions(seed=options.seed))
+    check = check_models(before, after, CheckOptions(seed=options.seed, batch=8))
     result.check = check.to_dict()
     if config.task == "classify":
         data = split_digits(config.test_fraction, config.seed)
