@@ -27,7 +27,9 @@ RefuseInputs = Annotated[
 ]
 NoAffine = Annotated[
     bool,
-    typer.Option("--no-affine", help="Fold BatchNormalization only, not per-channel Mul/Add/Sub/Div."),
+    typer.Option(
+        "--no-affine", help="Fold BatchNormalization only, not per-channel Mul/Add/Sub/Div."
+    ),
 ]
 
 
