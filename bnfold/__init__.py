@@ -6,7 +6,7 @@ Importing bnfold never imports torch.
 
 from __future__ import annotations
 
-from bnfold.api import FoldResult, fold
+from bnfold.api import FoldResult, fold, fold_file
 from bnfold.errors import BadInputError, BnfoldError, VerificationError
 from bnfold.folds.common import FoldOptions
 from bnfold.report import FoldReport
@@ -22,4 +22,5 @@ __all__ = [
     "VerificationError",
     "__version__",
     "fold",
+    "fold_file",
 ]

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import onnx
 import onnx_ir as ir
 
 from bnfold.engine import FoldPass
-from bnfold.errors import BadInputError
+from bnfold.errors import BadInputError, VerificationError
 from bnfold.folds.common import FoldOptions
-from bnfold.model_io import load_model, save_model, validate_model
+from bnfold.model_io import load_model, save_model, staged_save, validate_model
 from bnfold.report import FoldReport
+
+if TYPE_CHECKING:
+    from bnfold.verify import CheckOptions
 
 ModelLike = str | os.PathLike | ir.Model | onnx.ModelProto | bytes
 
@@ -25,6 +30,7 @@ class FoldResult:
 
     model: ir.Model
     report: FoldReport
+    check: Any = None  # the CheckResult when the fold was verified
 
     def save(self, path: str | os.PathLike, **kwargs) -> list[Path]:
         """Write the model atomically (external data beside it when needed)."""
@@ -84,3 +90,47 @@ def fold(
     report.timings["load"] = loaded - start
     report.timings["fold"] = time.perf_counter() - loaded
     return FoldResult(ir_model, report)
+
+
+def fold_file(
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    verify: CheckOptions | None = None,
+    force: bool = False,
+    allow_initializer_inputs: bool = True,
+    affine: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> FoldResult:
+    """Fold ``model`` into ``output``, verifying the written file before it is put in place.
+
+    With ``verify`` (CheckOptions), the staged output is compared with the input by onnxruntime;
+    if it differs beyond tolerance nothing is written and VerificationError is raised (its
+    ``result`` is the FoldResult, whose ``report.verify`` holds the comparison), unless ``force``
+    (then it is written and the report marked). Nothing folded means nothing to verify.
+    """
+    result = fold(model, allow_initializer_inputs=allow_initializer_inputs, affine=affine)
+    start = time.perf_counter()
+    with staged_save(result.model, output, progress=progress) as staged:
+        result.report.timings["save"] = time.perf_counter() - start
+        if verify is not None and result.report.folded:
+            from bnfold.verify import check_models
+
+            start = time.perf_counter()
+            check = check_models(model, staged.path, verify)
+            result.report.timings["verify"] = time.perf_counter() - start
+            result.report.verify = check.to_dict()
+            result.report.verify["candidate"] = os.fspath(output)
+            result.check = check
+            if not check.passed:
+                if not force:
+                    raise VerificationError(
+                        f"{model}: the folded model differs beyond tolerance in "
+                        f"{len(check.failed_outputs)} output(s); nothing written "
+                        "(--force writes it anyway)",
+                        result,
+                    )
+                result.report.forced = True
+        staged.commit()
+    result.report.output = os.fspath(output)
+    return result

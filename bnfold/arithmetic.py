@@ -162,14 +162,19 @@ def range_problem(
 ) -> RangeProblem | None:
     """Check float64 values ``folded64`` against ``dtype``'s range.
 
-    Counts values that overflow (finite in float64, infinite in ``dtype``) and values that
-    become subnormal in ``dtype`` although the original value was not. Non-float dtypes and
+    Counts values that overflow (infinite in ``dtype``, or already in float64, from a finite
+    original) and values that become subnormal in ``dtype`` although the original value was
+    not. Non-float dtypes and
     float32/float64 subnormals (harmless at their precision) are not checked for subnormals.
     """
     dtype = np.dtype(dtype)
     info = _finfo(dtype)
     mag = np.abs(folded64)
-    overflow = int(np.count_nonzero(np.isfinite(folded64) & (mag > float(info.max))))
+    finite = np.isfinite(folded64)
+    # a value that became infinite in float64 itself (float64 weights) overflowed too, unless
+    # the original was already infinite
+    was_finite = True if original is None else np.isfinite(np.asarray(original, np.float64))
+    overflow = int(np.count_nonzero((finite & (mag > float(info.max))) | (~finite & was_finite)))
     new_sub = 0
     if dtype.itemsize <= 2:
         sub = (mag > 0) & (mag < float(info.tiny))
@@ -198,7 +203,9 @@ def scaled_weight_problem(
             return None
     overflow = new_sub = 0
     for _, chunk, s in _chunks(w, scale, layout, groups):
-        problem = range_problem(chunk, chunk.astype(np.float64) * s, w.dtype)
+        with np.errstate(over="ignore"):
+            scaled = chunk.astype(np.float64) * s
+        problem = range_problem(chunk, scaled, w.dtype)
         if problem:
             overflow += problem.overflow
             new_sub += problem.new_subnormal

@@ -185,9 +185,8 @@ def fold_node(target: ir.Node, ctx: FoldContext) -> Folded | Refusal:
     refusal = single_consumer_refusal(layer.output, kind)
     if refusal:
         return refusal
-    if not np.issubdtype(layer.dtype, np.floating) and layer.dtype.kind != "V":
-        if str(layer.dtype) != "bfloat16":
-            return Refusal(f"the {kind} weight is {layer.dtype}, not floating point")
+    if not _is_float(layer.dtype):
+        return Refusal(f"the {kind} weight is {layer.dtype}, not floating point")
     if is_bn:
         if layer.feature_axis != 1 and layer.out_rank != 2:
             rank = "unknown" if layer.out_rank is None else str(layer.out_rank)
@@ -203,6 +202,10 @@ def fold_node(target: ir.Node, ctx: FoldContext) -> Folded | Refusal:
     if isinstance(affine, Refusal):
         return affine
     return _apply(target, layer, affine, ctx)
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    return np.issubdtype(dtype, np.floating) or str(dtype) == "bfloat16"
 
 
 def _apply(

@@ -30,6 +30,10 @@ class UsageError(BadInputError):
 
 
 class VerificationError(BnfoldError):
-    """Outputs differ beyond tolerance. Exit code 1."""
+    """Outputs differ beyond tolerance. Exit code 1. ``result`` holds what was compared."""
 
     exit_code = 1
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result

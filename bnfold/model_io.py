@@ -82,14 +82,44 @@ def data_file_name(path: str | os.PathLike) -> str:
     return Path(path).name + ".data"
 
 
-def save_model(
+class StagedModel:
+    """A model written into a temporary folder beside its destination, not yet in place."""
+
+    def __init__(self, folder: Path, dest: Path, names: list[str]) -> None:
+        self.folder = folder
+        self.dest = dest
+        self._names = names
+        self.committed = False
+
+    @property
+    def path(self) -> Path:
+        """The staged model file (its external data, if any, beside it)."""
+        return self.folder / self.dest.name
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.dest.parent / name for name in self._names]
+
+    def commit(self) -> list[Path]:
+        """Move the files into place: data first, so a model never points at missing data."""
+        for name in reversed(self._names):
+            os.replace(self.folder / name, self.dest.parent / name)
+        self.committed = True
+        return self.files
+
+
+@contextlib.contextmanager
+def staged_save(
     model: ir.Model,
     path: str | os.PathLike,
     *,
     external_data: bool | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> list[Path]:
-    """Save ``model`` to ``path`` atomically; return the files written.
+) -> Iterator[StagedModel]:
+    """Write ``model`` into a temporary folder beside ``path``; ``commit()`` puts it in place.
+
+    Leaving the block without ``commit()`` (or on an error) deletes what was written, so a
+    model that fails verification is never seen at its destination.
 
     ``external_data=None`` chooses external data when the input used it or the tensors exceed
     ``EXTERNAL_DATA_THRESHOLD``. The data file is ``<name>.data`` beside the model. Tensors are
@@ -113,17 +143,26 @@ def save_model(
             ir.save(
                 model, staged, external_data=data_name, size_threshold_bytes=1024, callback=callback
             )
-            written = [(staged, dest), (tmp / data_name, dest.parent / data_name)]
+            names = [dest.name, data_name]
         else:
             proto = ir.to_proto(model)
             if proto.ByteSize() >= 2**31:
                 raise BadInputError(dest, "model exceeds 2 GB; save it with external data")
             staged.write_bytes(proto.SerializeToString(deterministic=True))
-            written = [(staged, dest)]
-        # data first, so a model file never points at missing data
-        for src, dst in reversed(written):
-            os.replace(src, dst)
-    return [dst for _, dst in written]
+            names = [dest.name]
+        yield StagedModel(tmp, dest, names)
+
+
+def save_model(
+    model: ir.Model,
+    path: str | os.PathLike,
+    *,
+    external_data: bool | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Path]:
+    """Save ``model`` to ``path`` atomically (see :func:`staged_save`); return the files written."""
+    with staged_save(model, path, external_data=external_data, progress=progress) as staged:
+        return staged.commit()
 
 
 @contextlib.contextmanager

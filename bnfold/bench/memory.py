@@ -31,7 +31,7 @@ def peak_memory(
     threads: int | None,
     runs: int = 3,
 ) -> PeakMemory:
-    """Create a session on ``model`` in a child process, run it ``runs`` times, read ru_maxrss."""
+    """Create a session on ``model`` in a child process, run it ``runs`` times, read its peak RSS."""
     args = {
         "model": str(model),
         "inputs": str(inputs_npz),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bnfold.errors import UsageError
@@ -37,9 +38,10 @@ def write_plot(result: BenchResult, path: str | os.PathLike[str]) -> None:
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend()
+    names = {side: Path(m.path).name for side, m in result.models.items()}
     fig.suptitle(
-        f"{result.models['candidate'].path} vs {result.models['reference'].path} "
-        f"({result.options.provider}, {result.options.threads or 'default'} thread(s))",
+        f"{names['candidate']} (candidate) vs {names['reference']} (reference), "
+        f"{result.options.provider}, {result.options.threads or 'default'} thread(s)",
         fontsize=10,
     )
     fig.tight_layout()

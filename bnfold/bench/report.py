@@ -35,8 +35,8 @@ def render_bench(result: BenchResult) -> Group:
         "verdict",
         "ref create ms",
         "cand create ms",
-        "ref peak MiB",
-        "cand peak MiB",
+        "ref mem MiB",
+        "cand mem MiB",
     )
     for col in cols:
         timing.add_column(col, justify="left" if col in ("opt level", "verdict") else "right")
@@ -51,10 +51,12 @@ def render_bench(result: BenchResult) -> Group:
             f"[{colour}]{s.verdict}[/{colour}]",
             f"{r.creation_s * 1e3:.1f}",
             f"{c.creation_s * 1e3:.1f}",
-            f"{r.memory.peak_mib:.0f}" if r.memory else "-",
-            f"{c.memory.peak_mib:.0f}" if c.memory else "-",
+            _mem(r.memory),
+            _mem(c.memory),
         )
     note = Text(
+        "mem MiB: peak RSS of a child process that creates the session and runs it, in brackets "
+        "the part above its RSS before session creation. "
         "speed-up = reference latency / candidate latency (above 1: the candidate is faster). "
         "Note: onnxruntime's basic level already folds Conv+BN, ConvTranspose+BN and MatMul+BN "
         "itself (not Gemm+BN), so at basic/extended/all an offline fold of those is expected "
@@ -62,3 +64,7 @@ def render_bench(result: BenchResult) -> Group:
         style="dim",
     )
     return Group(facts, timing, note)
+
+
+def _mem(m) -> str:
+    return f"{m.peak_mib:.0f} ({m.session_mib:.0f})" if m else "-"

@@ -9,10 +9,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from bnfold.api import FoldResult, fold
+from bnfold.api import FoldResult, fold, fold_file
+from bnfold.cli import verify_options as vo
 from bnfold.cli._app import app
 from bnfold.cli._errors import cli_errors
-from bnfold.errors import BadInputError, UsageError
+from bnfold.errors import BadInputError, VerificationError
 from bnfold.report import render_table
 
 ModelArg = Annotated[Path, typer.Argument(help="The ONNX model to fold.", show_default=False)]
@@ -75,23 +76,81 @@ def fold_command(
     quiet: QuietFlag = False,
     refuse_initializer_inputs: RefuseInputs = False,
     no_affine: NoAffine = False,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Do not check the folded model with onnxruntime.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Write even if verification fails (the report says so).")
+    ] = False,
+    shape: vo.ShapeOpt = None,
+    inputs: vo.InputsOpt = None,
+    samples: vo.SamplesOpt = 3,
+    seed: vo.SeedOpt = 0,
+    int_range: vo.IntRangeOpt = (0, 10),
+    batch: vo.BatchOpt = None,
+    provider: vo.ProviderOpt = "cpu",
+    atol: vo.AtolOpt = None,
+    rtol: vo.RtolOpt = None,
+    tolerance_mode: vo.ToleranceModeOpt = "range",
+    output_tol: vo.OutputTolOpt = None,
 ) -> None:
-    """Fold every foldable BatchNormalization of MODEL into its linear producer."""
+    """Fold every foldable BatchNormalization of MODEL into its linear producer, then verify.
+
+    The folded model is checked against MODEL with onnxruntime (optimisations off) before it is
+    written; if outputs differ beyond tolerance nothing is written and the exit code is 1.
+    A symbolic first dim is verified at 1 unless --batch or --shape says otherwise.
+    """
     with cli_errors():
         out = output or default_output(model)
-        if out.resolve() == model.resolve() and output is None:
-            raise UsageError(f"{model}: refusing to overwrite the input; name it with -o")
-        result = fold(
-            model, allow_initializer_inputs=not refuse_initializer_inputs, affine=not no_affine
-        )
+        verify = None
+        if not no_verify:
+            verify = vo.build_check_options(
+                shape=shape, inputs=inputs, samples=samples, seed=seed, int_range=int_range,
+                batch=batch if batch is not None or shape else 1, provider=provider, atol=atol, rtol=rtol,
+                tolerance_mode=tolerance_mode, output_tol=output_tol, locate=True,
+            )  # fmt: skip
         try:
-            result.save(out)
+            result = fold_file(
+                model,
+                out,
+                verify=verify,
+                force=force,
+                allow_initializer_inputs=not refuse_initializer_inputs,
+                affine=not no_affine,
+            )
+        except VerificationError as exc:
+            failed: FoldResult = exc.result
+            _write_report(report, failed)
+            if failed.check is not None and not as_json:
+                Console(width=max(Console().width, 140)).print(failed.check.render())
+            elif as_json:
+                sys.stdout.write(failed.report.to_json() + "\n")
+            raise
         except OSError as exc:
             raise BadInputError(out, f"cannot write ({exc.strerror or exc})") from None
         _write_report(report, result)
         _emit(result, as_json, quiet)
         if not quiet and not as_json:
+            verified = result.report.verify
+            if verified is not None:
+                worst = _worst_error(verified)
+                status = (
+                    "[red]FAILED, written with --force[/]"
+                    if result.report.forced
+                    else "[green]passed[/]"
+                )
+                Console().print(
+                    f"verify: {status} (onnxruntime, optimisations off; max error/range {worst})"
+                )
+            elif no_verify:
+                Console().print("verify: skipped (--no-verify)")
             Console(stderr=True).print(f"wrote {out}", style="dim")
+
+
+def _worst_error(verify: dict) -> str:
+    values = [o.get("max_rel_range") for o in verify.get("outputs", [])]
+    values = [v for v in values if isinstance(v, int | float)]
+    return f"{max(values):.2e}" if values else "n/a"
 
 
 @app.command("inspect")

@@ -27,9 +27,9 @@ def data_operand(node: ir.Node, ctx: FoldContext) -> tuple[int, ir.Value] | None
     a, b = node.inputs
     if ctx.constants.resolve(b) is not None and ctx.constants.resolve(a) is None:
         return 0, a
-    if node.op_type in ("Mul", "Add", "Sub") and ctx.constants.resolve(a) is not None:
-        if ctx.constants.resolve(b) is None:
-            return 1, b
+    commutes = node.op_type in ("Mul", "Add", "Sub")  # Sub: c - z is (-1) * z + c
+    if commutes and ctx.constants.resolve(a) is not None and ctx.constants.resolve(b) is None:
+        return 1, b
     return None
 
 

@@ -158,7 +158,7 @@ class _ReferenceBatchNorm(nn.Module):
         if x.ndim not in self._ranks:
             wanted = " or ".join(f"{r}D" for r in self._ranks)
             raise ValueError(f"expected {wanted} input (got {x.ndim}D input)")
-        if x.shape[1] != self.num_features:
+        if not torch.jit.is_tracing() and x.shape[1] != self.num_features:
             raise ValueError(f"expected {self.num_features} channels, got {x.shape[1]}")
 
     def forward(self, x: Tensor) -> Tensor:

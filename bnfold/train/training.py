@@ -134,12 +134,29 @@ def train(
     config: TrainConfig,
     data: DigitsSplit | None = None,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    *,
+    threads: int = 1,
 ) -> TrainResult:
     """Train ``config.model`` on the digits with SGD; call ``on_epoch`` after every epoch.
 
     Deterministic for a given config: the seed fixes the initial weights, the split and the
     order of minibatches (the last partial batch is dropped, so BatchNorm never sees a batch of 1).
+    Runs with ``threads`` torch intra-op threads (restored afterwards): the zoo models are so
+    small that one thread is fastest, and the results then do not depend on the core count.
     """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _train(config, data, on_epoch)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(
+    config: TrainConfig,
+    data: DigitsSplit | None,
+    on_epoch: Callable[[EpochStats], None] | None,
+) -> TrainResult:
     data = data if data is not None else split_digits(config.test_fraction, config.seed)
     torch.manual_seed(config.seed)
     model = config.build()

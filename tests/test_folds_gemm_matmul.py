@@ -1,0 +1,144 @@
+"""Gemm and MatMul followed by BatchNormalization, as ONNX text, checked under onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx_helpers import bn_stats, check_fold, make_model, op_types, reasons
+
+import bnfold
+
+TYPES = {np.float32: "float", np.float64: "double", np.float16: "float16"}
+N, K, M = 4, 6, 5
+
+
+def gemm_bn_model(rng, trans_b=0, alpha=None, beta=None, c_shape="absent", dtype=np.float32):
+    ty = TYPES[dtype]
+    inits = {"B": rng.normal(0, 0.5, (M, K) if trans_b else (K, M)).astype(dtype)}
+    inputs = "a, B"
+    if c_shape != "absent":
+        inits["C"] = rng.normal(0, 1, c_shape).astype(dtype)
+        inputs += ", C"
+    inits.update(bn_stats(rng, M, dtype))
+    attrs = [f"transB={trans_b}"]
+    if alpha is not None:
+        attrs.append(f"alpha={alpha}")
+    if beta is not None:
+        attrs.append(f"beta={beta}")
+    text = f"""<ir_version: 8, opset_import: ["" : 17]>
+    g ({ty}[{N},{K}] a) => ({ty}[{N},{M}] y) {{
+      z = Gemm <{", ".join(attrs)}> ({inputs})
+      y = BatchNormalization <epsilon=0.01> (z, gamma, beta, mean, var)
+    }}"""
+    return make_model(text, inits), {"a": rng.normal(0, 1, (N, K)).astype(dtype)}
+
+
+@pytest.mark.parametrize("c_shape", ["absent", (), (1,), (M,), (1, M), (1, 1)])
+@pytest.mark.parametrize(("alpha", "beta"), [(None, None), (0.5, None), (None, 2.5), (-1.5, 0.25)])
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_bn(rng, trans_b, alpha, beta, c_shape):
+    model, feeds = gemm_bn_model(rng, trans_b, alpha, beta, c_shape)
+    folded, result = check_fold(model, feeds, expect_folded=1)
+    assert op_types(folded) == ["Gemm"]
+    gemm = folded.graph.node[0]
+    attrs = {a.name: a for a in gemm.attribute}
+    assert attrs["transB"].i == trans_b
+    assert "alpha" not in attrs or attrs["alpha"].f == 1.0
+    assert "beta" not in attrs or attrs["beta"].f == 1.0
+    assert result.report.folded[0].fold == "gemm+bn"
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_gemm_bn_dtypes(rng, dtype):
+    model, feeds = gemm_bn_model(rng, 1, 0.5, 2.0, (M,), dtype=dtype)
+    check_fold(model, feeds, dtype=dtype, expect_folded=1)
+
+
+def test_gemm_c_varying_along_batch_is_refused(rng):
+    model, _ = gemm_bn_model(rng, 0, None, None, (N, M))
+    result = bnfold.fold(model.SerializeToString())
+    assert not result.report.folded
+    assert "varies along the batch axis" in reasons(result)
+    assert result.report.nodes_after == result.report.nodes_before
+
+
+def matmul_model(rng, body: str, a_shape=(N, K), y_shape="", extra=None, dtype=np.float32):
+    ty = TYPES[dtype]
+    inits = {"W": rng.normal(0, 0.5, (K, M)).astype(dtype), **bn_stats(rng, M, dtype)}
+    inits.update(extra or {})
+    text = f"""<ir_version: 8, opset_import: ["" : 17]>
+    g ({ty}[{",".join(map(str, a_shape))}] a) => ({ty}{y_shape} y) {{
+      {body}
+    }}"""
+    return make_model(text, inits), {"a": rng.normal(0, 1, a_shape).astype(dtype)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_matmul_bn_becomes_gemm(rng, dtype):
+    model, feeds = matmul_model(
+        rng,
+        "z = MatMul (a, W)\n y = BatchNormalization (z, gamma, beta, mean, var)",
+        dtype=dtype,
+    )
+    folded, result = check_fold(model, feeds, dtype=dtype, expect_folded=1)
+    assert op_types(folded) == ["Gemm"]
+    assert folded.graph.node[0].output[0] == "y"
+    assert result.report.folded[0].fold == "matmul+bn"
+
+
+def test_matmul_add_bn(rng):
+    model, feeds = matmul_model(
+        rng,
+        "z = MatMul (a, W)\n zb = Add (z, c)\n y = BatchNormalization (zb, gamma, beta, mean, var)",
+        extra={"c": rng.normal(0, 1, M).astype(np.float32)},
+    )
+    folded, _ = check_fold(model, feeds, expect_folded=1)
+    assert op_types(folded) == ["MatMul", "Add"]
+
+
+def test_matmul_add_bias_first_operand(rng):
+    model, feeds = matmul_model(
+        rng,
+        "z = MatMul (a, W)\n zb = Add (c, z)\n y = BatchNormalization (zb, gamma, beta, mean, var)",
+        extra={"c": rng.normal(0, 1, (1, M)).astype(np.float32)},
+    )
+    folded, _ = check_fold(model, feeds, expect_folded=1)
+    assert op_types(folded) == ["MatMul", "Add"]
+
+
+def test_matmul_rank3_bn_is_refused(rng):
+    """On (B, T, M) activations BN normalises axis 1 (T), not the MatMul's features (M)."""
+    model, _ = matmul_model(
+        rng,
+        "z = MatMul (a, W)\n y = BatchNormalization (z, gamma, beta, mean, var)",
+        a_shape=(2, M, K),
+    )
+    result = bnfold.fold(model.SerializeToString())
+    assert not result.report.folded
+    assert "BN normalises axis 1 but the MatMul features are on the last axis" in reasons(result)
+    assert "rank 3" in reasons(result)
+
+
+def test_matmul_rank3_mul_by_feature_vector_folds(rng):
+    """A Mul by a per-feature vector after a rank-3 MatMul acts on the last axis: folds."""
+    model, feeds = matmul_model(
+        rng, "z = MatMul (a, W)\n y = Mul (z, s)", a_shape=(2, 3, K),
+        extra={"s": rng.uniform(-2, 2, M).astype(np.float32)},
+    )
+    folded, _ = check_fold(model, feeds, expect_folded=1)
+    assert op_types(folded) == ["MatMul"]
+
+
+def test_matmul_constant_first_operand_is_refused(rng):
+    inits = {"W": rng.normal(0, 0.5, (M, K)).astype(np.float32), **bn_stats(rng, M)}
+    model = make_model(
+        f"""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[{K},{M}] a) => (float[{M},{M}] y) {{
+          z = MatMul (W, a)
+          y = BatchNormalization (z, gamma, beta, mean, var)
+        }}""",
+        inits,
+    )
+    result = bnfold.fold(model.SerializeToString())
+    assert not result.report.folded
+    assert "first operand" in reasons(result)

@@ -1,0 +1,103 @@
+"""``bnfold train``, ``export`` and ``demo`` end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import onnx  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from bnfold.cli import app  # noqa: E402
+
+pytestmark = pytest.mark.train
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_importing_the_cli_does_not_import_torch():
+    code = "import sys, bnfold, bnfold.cli, bnfold.cli.train; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_train_then_export(tmp_path):
+    res = invoke(
+        "train", "--model", "mlp", "--epochs", "2", "--activation", "sigmoid", "--out", tmp_path
+    )
+    assert res.exit_code == 0, res.output
+    stem = "mlp-sigmoid"
+    for suffix in (".pt", ".metrics.json", ".curve.png"):
+        assert (tmp_path / f"{stem}{suffix}").stat().st_size > 0
+    metrics = json.loads((tmp_path / f"{stem}.metrics.json").read_text())
+    assert metrics["config"]["activation"] == "sigmoid" and len(metrics["history"]) == 2
+    onnx_path = tmp_path / "mlp.onnx"
+    res = invoke(
+        "export", tmp_path / f"{stem}.pt", "-o", onnx_path, "--dynamic-batch", "--opset", "18"
+    )
+    assert res.exit_code == 0, res.output
+    model = onnx.load(onnx_path)
+    assert sum(n.op_type == "BatchNormalization" for n in model.graph.node) == 3
+    assert model.opset_import[0].version == 18
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_train_no_bn_writes_its_own_name(tmp_path):
+    res = invoke(
+        "train",
+        "--model",
+        "digits_cnn",
+        "--no-bn",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.05",
+        "--out",
+        tmp_path,
+    )
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((tmp_path / "digits_cnn-nobn.metrics.json").read_text())
+    assert metrics["config"]["bn"] is False and metrics["config"]["lr"] == 0.05
+
+
+def test_train_compare_writes_table_and_plot(tmp_path):
+    res = invoke("train", "--compare", "--epochs", "1", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "| sigmoid | 0.05 |" in res.output
+    data = json.loads((tmp_path / "compare.json").read_text())
+    assert len(data["runs"]) == 2 * 4 * 2
+    assert (tmp_path / "compare.png").stat().st_size > 0
+    assert (tmp_path / "compare.md").read_text().startswith("| activation |")
+
+
+def test_bad_options_and_files_exit_2(tmp_path):
+    assert invoke("train", "--model", "vgg", "--out", tmp_path).exit_code == 2
+    assert invoke("train", "--compare", "--lr", "0.1", "--out", tmp_path).exit_code == 2
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    assert invoke("export", bogus, "-o", tmp_path / "x.onnx").exit_code == 2
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    res = invoke("demo", "--quick", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "demo_report.json").read_text())
+    assert report["passed"] is True
+    summary = report["summary"]
+    assert summary["bn_nodes_before"] == 4 and summary["bn_nodes_after"] == 0
+    assert summary["test_accuracy"] > 0.8
+    assert summary["onnx_accuracy_after"] == summary["onnx_accuracy_before"]
+    assert summary["max_abs_error"] < 1e-4
+    assert set(summary["latency_ratio_folded_over_original"]) == {"disable", "all"}
+    for path in report["files"].values():
+        assert (tmp_path / path.rsplit("/", 1)[-1]).stat().st_size > 0
+    assert "BatchNorm     4 BatchNormalization nodes before, 0 after" in res.output
