@@ -73,7 +73,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_reference_bn.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results/bench_reference_bn.json")
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

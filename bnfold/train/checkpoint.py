@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bnfold.errors import BadInputError
+from bnfold.errors import BadInputError, BnfoldError
 from bnfold.train.training import TrainConfig, TrainResult
 
 __all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "save_checkpoint"]
@@ -52,7 +52,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, TrainConfig, di
         config = TrainConfig(**ckpt["config"])
         model = config.build()
         model.load_state_dict(ckpt["state_dict"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+    except (TypeError, ValueError, RuntimeError, KeyError, BnfoldError) as exc:
         raise BadInputError(p, f"checkpoint does not match its model: {exc}") from None
     model.eval()
     return model, config, ckpt.get("metrics", {})

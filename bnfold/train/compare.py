@@ -7,7 +7,9 @@ import itertools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from bnfold.errors import UsageError
 from bnfold.train.training import TARGET_ACCURACY, TrainConfig, TrainResult, train
+from bnfold.train.zoo import TASKS
 
 __all__ = ["CompareOptions", "CompareResult", "CompareRun", "run_compare"]
 
@@ -23,6 +25,11 @@ class CompareOptions:
     batch_size: int = 32
     seed: int = 0
     target: float = TARGET_ACCURACY
+
+    def __post_init__(self) -> None:
+        if TASKS.get(self.model) != "classify":
+            raise UsageError(f"the comparison measures accuracy; {self.model!r} is no classifier")
+        self.configs()  # validates the rest
 
     def configs(self) -> list[TrainConfig]:
         return [

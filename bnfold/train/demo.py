@@ -38,6 +38,9 @@ class DemoOptions:
     seed: int = 0
     epochs: int | None = None  # default: 20, or 1 with quick
 
+    def __post_init__(self) -> None:
+        self.train_config()  # validates model, seed and epochs
+
     def train_config(self) -> TrainConfig:
         epochs = self.epochs or (1 if self.quick else 20)
         return TrainConfig(

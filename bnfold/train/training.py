@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnfold.errors import UsageError
 from bnfold.train.data import DigitsSplit, split_digits
-from bnfold.train.zoo import TASKS, build_model
+from bnfold.train.zoo import ACTIVATIONS, BN_IMPLS, BN_POSITIONS, TASKS, build_model
 
 __all__ = ["EpochStats", "TrainConfig", "TrainResult", "evaluate", "train"]
 
@@ -39,12 +40,22 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
-        if self.model not in TASKS:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(TASKS)}")
+        """Reject unusable settings with a UsageError (exit 2 on the command line)."""
+        choices = (
+            ("model", self.model, tuple(TASKS)),
+            ("bn_position", self.bn_position, BN_POSITIONS),
+            ("activation", self.activation, ACTIVATIONS),
+            ("bn_impl", self.bn_impl, BN_IMPLS),
+        )
+        for what, value, allowed in choices:
+            if value not in allowed:
+                raise UsageError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
         if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("epochs must be >= 1 and batch_size >= 2")
+            raise UsageError("epochs must be >= 1 and batch_size >= 2")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+            raise UsageError(f"lr must be a positive number, got {self.lr}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise UsageError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
 
     @property
     def task(self) -> str:
