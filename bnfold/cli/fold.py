@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -110,14 +112,16 @@ def fold_command(
                 tolerance_mode=tolerance_mode, output_tol=output_tol, locate=True,
             )  # fmt: skip
         try:
-            result = fold_file(
-                model,
-                out,
-                verify=verify,
-                force=force,
-                allow_initializer_inputs=not refuse_initializer_inputs,
-                affine=not no_affine,
-            )
+            with _save_progress(enabled=not (quiet or as_json)) as progress:
+                result = fold_file(
+                    model,
+                    out,
+                    verify=verify,
+                    force=force,
+                    allow_initializer_inputs=not refuse_initializer_inputs,
+                    affine=not no_affine,
+                    progress=progress,
+                )
         except VerificationError as exc:
             failed: FoldResult = exc.result
             _write_report(report, failed)
@@ -145,6 +149,33 @@ def fold_command(
             elif no_verify:
                 Console().print("verify: skipped (--no-verify)")
             Console(stderr=True).print(f"wrote {out}", style="dim")
+
+
+@contextlib.contextmanager
+def _save_progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar over the tensors written (shown only for external-data saves)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = None
+
+        def update(done: int, total: int) -> None:
+            nonlocal task
+            if task is None:
+                task = bar.add_task("writing tensors", total=total)
+            bar.update(task, completed=done)
+
+        yield update
 
 
 def _worst_error(verify: dict) -> str:
