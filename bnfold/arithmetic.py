@@ -14,11 +14,17 @@ dtype, so no whole-tensor float64 copy is ever made.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
+
+try:
+    from numpy.lib.array_utils import byte_bounds
+except ImportError:  # numpy < 2
+    from numpy import byte_bounds
 
 # Work on at most this many bytes of float64 at a time while scaling a weight.
 _CHUNK_BYTES = 32 * 1024 * 1024
@@ -120,8 +126,109 @@ def scale_weight(
     scale = np.asarray(scale, dtype=np.float64)
     out = np.empty(_grouped_shape(w.shape, layout, groups), dtype=w.dtype)
     for idx, chunk, s in _chunks(w, scale, layout, groups):
-        out[idx] = (chunk.astype(np.float64) * s).astype(w.dtype)
+        _scale_into(out[idx], chunk, s)
+        release_pages(chunk)
     return out.reshape(w.shape)
+
+
+def scaled_weight_blocks(
+    w: np.ndarray, scale: np.ndarray, layout: WeightLayout, groups: int = 1
+) -> Iterator[np.ndarray] | None:
+    """``scale_weight(w, scale, ...)`` as consecutive C-order blocks, or None if it cannot be.
+
+    The blocks, concatenated, are the flattened result of :func:`scale_weight` (same values),
+    so a tensor can be written block by block without ever being whole in memory. One buffer
+    is reused: each block is valid only until the next one is requested. Grouped ConvTranspose
+    weights (whose chunks are not consecutive) give None.
+    """
+    if layout is WeightLayout.CONV_TRANSPOSE and groups != 1:
+        return None
+    scale = np.asarray(scale, dtype=np.float64)
+    if scale.shape != (output_channels(w.shape, layout, groups),):
+        raise ValueError(f"scale has shape {scale.shape}, weight has shape {w.shape}")
+
+    def blocks() -> Iterator[np.ndarray]:
+        buf = None
+        for _, chunk, s in _chunks(w, scale, layout, groups):
+            if buf is None or buf.size < chunk.size:
+                buf = np.empty(chunk.size, dtype=w.dtype)
+            out = buf[: chunk.size].reshape(chunk.shape)
+            _scale_into(out, chunk, s)
+            release_pages(chunk)
+            yield out
+
+    return blocks()
+
+
+def _scale_into(out: np.ndarray, chunk: np.ndarray, s: np.ndarray) -> None:
+    """``out[...] = dtype(float64(chunk) * s)``: each product in float64, rounded once.
+
+    The ufunc casts through small internal buffers, so no float64 copy of the chunk is made.
+    """
+    try:
+        np.multiply(chunk, s, out=out, dtype=np.float64, casting="unsafe")
+    except TypeError:  # a dtype numpy cannot cast inside the ufunc loop
+        out[...] = (chunk.astype(np.float64) * s).astype(out.dtype)
+
+
+# Elements per block when scanning a weight for max |w| (small enough to stay in a CPU cache).
+_SCAN_ELEMENTS = 1 << 18
+_PAGE = mmap.PAGESIZE
+
+
+def _mapped_file(a: np.ndarray) -> mmap.mmap | None:
+    """The read-only memory-mapped file ``a`` views (an onnx-ir ExternalTensor's), if any."""
+    base = a
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):  # np.frombuffer(mmap) keeps a memoryview of the map
+        if not base.readonly:
+            return None
+        base = base.obj
+    if not isinstance(base, mmap.mmap) or base.closed:
+        return None
+    with memoryview(base) as view:
+        return base if view.readonly else None  # ACCESS_READ: clean pages, safe to drop
+
+
+def release_pages(a: np.ndarray) -> None:
+    """Unmap the resident pages of a read-only file mapping behind ``a``; no-op for other arrays.
+
+    Reading a memory-mapped weight (onnx-ir maps external data) keeps its pages resident in
+    this process until the mapping is closed, so folding a 2 GB model would end up holding
+    2 GB. ``MADV_DONTNEED`` on a read-only shared file mapping only drops them from the page
+    tables: the data stays valid and is read again (page cache or file) on the next access.
+    Never applied to anonymous or writable memory, where it would lose data.
+    """
+    if a.size == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    mm = _mapped_file(a)
+    if mm is None:
+        return
+    try:
+        start = np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data
+        lo, hi = byte_bounds(a)
+        first = max(0, (lo - start) // _PAGE * _PAGE)
+        end = min(len(mm), hi - start)
+        if end > first:
+            mm.madvise(mmap.MADV_DONTNEED, first, end - first)
+    except (OSError, ValueError, TypeError):
+        pass  # only a memory optimisation
+
+
+def _max_abs(w: np.ndarray) -> float:
+    """``max |w|`` (NaN if any is NaN), block by block, releasing mapped pages as it goes."""
+    if not w.flags.c_contiguous:
+        return float(np.max(np.abs(w), initial=0.0))
+    flat = w.reshape(-1)
+    peaks = [0.0]
+    span = 64 * _SCAN_ELEMENTS  # release pages every 64 blocks (fewer system calls)
+    for i in range(0, flat.size, _SCAN_ELEMENTS):
+        peaks.append(np.max(np.abs(flat[i : i + _SCAN_ELEMENTS])))
+        end = i + _SCAN_ELEMENTS
+        if end % span == 0 or end >= flat.size:
+            release_pages(flat[max(0, end - span) : end])
+    return float(np.max(peaks))
 
 
 def fold_bias(bias: np.ndarray | None, affine: Affine) -> np.ndarray:
@@ -198,7 +305,7 @@ def scaled_weight_problem(
     info = _finfo(w.dtype)
     scale = np.asarray(scale, dtype=np.float64)
     if w.dtype.itemsize >= 4:
-        bound = float(np.max(np.abs(w), initial=0.0)) * float(np.max(np.abs(scale), initial=0.0))
+        bound = _max_abs(w) * float(np.max(np.abs(scale), initial=0.0))
         if bound <= float(info.max):
             return None
     overflow = new_sub = 0
@@ -206,6 +313,7 @@ def scaled_weight_problem(
         with np.errstate(over="ignore"):
             scaled = chunk.astype(np.float64) * s
         problem = range_problem(chunk, scaled, w.dtype)
+        release_pages(chunk)
         if problem:
             overflow += problem.overflow
             new_sub += problem.new_subnormal

@@ -12,6 +12,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common
 
 from bnfold.arithmetic import Affine, fold_bias, range_problem, scale_weight, scaled_weight_problem
+from bnfold.folded_weight import FoldedWeight
 from bnfold.folds.batchnorm import batchnorm_affine_of
 from bnfold.folds.common import (
     LAZY_BYTES,
@@ -26,7 +27,7 @@ from bnfold.folds.conv import match_conv
 from bnfold.folds.conv_transpose import match_conv_transpose
 from bnfold.folds.elementwise import ELEMENTWISE_OPS, data_operand, elementwise_affine_of
 from bnfold.folds.gemm import match_gemm
-from bnfold.folds.matmul import match_matmul, match_matmul_add
+from bnfold.folds.matmul import match_matmul, match_matmul_add, match_matmul_through_reshape
 from bnfold.report import Folded, FoldReport, Skipped
 
 _MATCHERS = {
@@ -128,6 +129,8 @@ def _match_producer(target: ir.Node, data: ir.Value, ctx: FoldContext) -> Linear
             return pre
         # the Add was folded into its producer: match that producer again
         return _match_producer(target, target.inputs[0], ctx)
+    if op in ("Reshape", "Transpose") and target.op_type == "BatchNormalization":
+        return match_matmul_through_reshape(producer, ctx)
     if op in ("Mul", "Div") and target.op_type != "BatchNormalization":
         return Refusal("chain of elementwise nodes")
     if op == "Add" and target.op_type in ("Mul", "Div", "Sub", "Add"):
@@ -263,13 +266,8 @@ def _weight_tensor(layer: LinearLayer, scale: np.ndarray) -> ir.TensorProtocol:
     layout, groups = layer.layout, layer.groups
     if source.nbytes <= LAZY_BYTES:
         return ir.tensor(scale_weight(source, scale, layout, groups))
-
-    def compute() -> ir.TensorProtocol:
-        return ir.tensor(scale_weight(source, scale, layout, groups))
-
-    return ir.LazyTensor(
-        compute, dtype=ir.DataType.from_numpy(source.dtype), shape=ir.Shape(source.shape)
-    )
+    # computed when saved, and written to external data chunk by chunk
+    return FoldedWeight(source, scale, layout, groups)
 
 
 def _new_constant(
@@ -291,8 +289,8 @@ def _new_constant(
             name=ctx.unique_name(f"{name}_constant"),
         )
         node.outputs[0].name = name
-        node.outputs[0].dtype = tensor.dtype
-        node.outputs[0].shape = ir.Shape(tensor.shape)
+        # no dtype/shape on function values: onnx-ir writes them as main-graph value_info
+        # ("domain::Function/name") that it does not read back, so a second fold would differ
         graph.insert_before(before, node)
         return node.outputs[0]
     tensor.name = name

@@ -145,10 +145,10 @@ def staged_save(
             )
             names = [dest.name, data_name]
         else:
-            proto = ir.to_proto(model)
-            if proto.ByteSize() >= 2**31:
-                raise BadInputError(dest, "model exceeds 2 GB; save it with external data")
-            staged.write_bytes(proto.SerializeToString(deterministic=True))
+            try:
+                write_inline(model, staged)
+            except BadInputError:
+                raise BadInputError(dest, "model exceeds 2 GB; save it with external data") from None
             names = [dest.name]
         yield StagedModel(tmp, dest, names)
 
@@ -163,6 +163,101 @@ def save_model(
     """Save ``model`` to ``path`` atomically (see :func:`staged_save`); return the files written."""
     with staged_save(model, path, external_data=external_data, progress=progress) as staged:
         return staged.commit()
+
+
+# Main-graph initializers at least this large (and every external one) are streamed into an
+# inline save instead of being copied into the protobuf message.
+_STREAM_MIN_BYTES = 1024
+_STREAM_LOCATION = "__bnfold_stream__"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, length: int) -> bytes:
+    """Key and length of a length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(length)
+
+
+def _streamable(tensor: ir.TensorProtocol | None) -> bool:
+    if tensor is None or tensor.dtype == ir.DataType.STRING:
+        return False
+    return isinstance(tensor, ir.ExternalTensor) or tensor.nbytes >= _STREAM_MIN_BYTES
+
+
+def write_inline(model: ir.Model, path: Path) -> int:
+    """Write ``model`` as one protobuf file, streaming the main graph's tensor data; return its size.
+
+    ``ir.to_proto(model).SerializeToString()`` would hold every tensor two more times (the
+    message and the string) and compute every lazy tensor at once. Here the message is built
+    with placeholders for the large initializers, serialized small, and the file written as
+    ``ModelProto`` fields, then the graph field (its length computed up front) with its
+    initializers last, each tensor's raw data written by ``tofile`` (folded weights one chunk
+    at a time, external data copied by the kernel). Protobuf parsers accept fields in any
+    order; ``onnx.load`` reads back the same model as ``ir.to_proto`` gives. Raises
+    BadInputError if the result would exceed protobuf's 2 GiB limit.
+    """
+    values = [v for v in model.graph.initializers.values() if _streamable(v.const_value)]
+    originals = [v.const_value for v in values]
+    try:
+        for i, (value, tensor) in enumerate(zip(values, originals, strict=True)):
+            value.const_value = ir.ExternalTensor(
+                _STREAM_LOCATION, i, tensor.nbytes, tensor.dtype,
+                shape=tensor.shape, name=tensor.name or value.name,
+            )  # fmt: skip
+        proto = ir.to_proto(model)
+    finally:
+        for value, tensor in zip(values, originals, strict=True):
+            value.const_value = tensor
+    parts: list[tuple[bytes, ir.TensorProtocol | None, int]] = []  # (bytes, tensor to stream, n)
+    for tp in proto.graph.initializer:
+        place = {e.key: e.value for e in tp.external_data}
+        if tp.data_location == onnx.TensorProto.EXTERNAL and place.get("location") == _STREAM_LOCATION:
+            tensor = originals[int(place["offset"])]
+            n = int(place["length"])
+            tp.ClearField("external_data")
+            tp.ClearField("data_location")
+            header = tp.SerializeToString(deterministic=True)
+            body = header + _field(9, n)  # raw_data follows
+            parts.append((_field(5, len(body) + n) + body, tensor, n))
+        else:
+            body = tp.SerializeToString(deterministic=True)
+            parts.append((_field(5, len(body)) + body, None, 0))
+    proto.graph.ClearField("initializer")
+    graph_rest = proto.graph.SerializeToString(deterministic=True)
+    proto.ClearField("graph")
+    model_rest = proto.SerializeToString(deterministic=True)
+    graph_len = len(graph_rest) + sum(len(head) + n for head, _, n in parts)
+    head = model_rest + _field(7, graph_len)
+    total = len(head) + graph_len
+    if total >= 2**31:
+        raise BadInputError(path, "model exceeds 2 GB; save it with external data")
+    with open(path, "wb") as f:
+        f.write(head)
+        f.write(graph_rest)
+        for data_head, tensor, n in parts:
+            f.write(data_head)
+            if tensor is None:
+                continue
+            start = f.tell()
+            if hasattr(tensor, "tofile"):
+                tensor.tofile(f)
+            else:
+                f.write(tensor.tobytes())
+            if f.tell() - start != n:
+                raise RuntimeError(
+                    f"tensor {tensor.name!r} wrote {f.tell() - start} bytes, expected {n}"
+                )
+    return total
 
 
 @contextlib.contextmanager

@@ -30,9 +30,7 @@ def tolerance(dtype) -> tuple[float, float]:
     return TOLERANCES[np.dtype(dtype)]
 
 
-def bn_stats(
-    rng: np.random.Generator, channels: int, dtype=np.float32
-) -> dict[str, np.ndarray]:
+def bn_stats(rng: np.random.Generator, channels: int, dtype=np.float32) -> dict[str, np.ndarray]:
     """Random, clearly non-identity BN parameters: gamma of both signs, var far from 1."""
     sign = rng.choice([-1.0, 1.0], channels)
     return {

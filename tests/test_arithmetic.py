@@ -157,8 +157,14 @@ def test_torch_fuse_conv_bn_weights_is_wrong_for_grouped_conv_transpose(torch, r
     # With group=1 torch's own function agrees (so the comparison above is fair).
     conv1, bn1, x1, folded1 = _conv_transpose_pair(torch, rng, 2, 4, 6, 1, True)
     w_t, b_t = fuse_conv_bn_weights(
-        conv1.weight, conv1.bias, bn1.running_mean, bn1.running_var, bn1.eps, bn1.weight,
-        bn1.bias, transpose=True,
+        conv1.weight,
+        conv1.bias,
+        bn1.running_mean,
+        bn1.running_var,
+        bn1.eps,
+        bn1.weight,
+        bn1.bias,
+        transpose=True,
     )
     with torch.no_grad():
         folded1.weight.copy_(w_t)
@@ -176,7 +182,13 @@ def test_torch_fuse_conv_bn_weights_grouped_conv_transpose_when_shapes_broadcast
         expected = bn(conv(x))
     try:
         w_t, b_t = fuse_conv_bn_weights(
-            conv.weight, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias,
+            conv.weight,
+            None,
+            bn.running_mean,
+            bn.running_var,
+            bn.eps,
+            bn.weight,
+            bn.bias,
             transpose=True,
         )
     except RuntimeError:
@@ -223,7 +235,9 @@ def test_affine_then_composes():
     b = Affine(np.array([-1.0, 0.5]), np.array([4.0, 0.0]))
     x = np.array([0.7, -2.0])
     both = a.then(b)
-    np.testing.assert_allclose(both.scale * x + both.shift, b.scale * (a.scale * x + a.shift) + b.shift)
+    np.testing.assert_allclose(
+        both.scale * x + both.shift, b.scale * (a.scale * x + a.shift) + b.shift
+    )
     with pytest.raises(ValueError):
         Affine(np.ones(2), np.ones(3))
 
@@ -236,7 +250,9 @@ def test_affine_then_composes():
         (WeightLayout.CONV_TRANSPOSE, (6, 2, 3, 3), 3),
     ],
 )
-def test_scale_weight_chunked_equals_whole_and_leaves_input(monkeypatch, rng, layout, shape, groups):
+def test_scale_weight_chunked_equals_whole_and_leaves_input(
+    monkeypatch, rng, layout, shape, groups
+):
     w = rng.normal(0, 1, shape).astype(np.float32)
     before = w.copy()
     n = arithmetic.output_channels(shape, layout, groups)
@@ -337,7 +353,9 @@ def test_scaled_weight_problem_fp32_and_fp64():
 
 def test_scaled_weight_problem_grouped_conv_transpose():
     w = np.ones((4, 1, 1, 1), np.float16)  # group 2: channels 0, 1
-    assert scaled_weight_problem(w, np.array([1.0, 1e6]), WeightLayout.CONV_TRANSPOSE, 2).overflow == 2
+    assert (
+        scaled_weight_problem(w, np.array([1.0, 1e6]), WeightLayout.CONV_TRANSPOSE, 2).overflow == 2
+    )
 
 
 def test_range_problem_bias():

@@ -51,10 +51,7 @@ def conv_bn_model(
     """``op`` (Conv or ConvTranspose) -> BN, random weights and statistics; returns (model, feeds)."""
     ty = ONNX_TYPES[dtype]
     ks = (kernel,) * rank
-    if op == "Conv":
-        w_shape = (cout, cin // groups, *ks)
-    else:
-        w_shape = (cin, cout // groups, *ks)
+    w_shape = (cout, cin // groups, *ks) if op == "Conv" else (cin, cout // groups, *ks)
     inits = {"W": rng.normal(0, 0.5, w_shape).astype(dtype)}
     inputs = "x, W"
     if bias:
@@ -88,7 +85,9 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize(
+    "case", CONV_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items())
+)
 def test_conv_bn(rng, case, bias):
     model, feeds = conv_bn_model(rng, bias=bias, **case)
     folded, result = check_fold(model, feeds, expect_folded=1)
@@ -112,7 +111,9 @@ CONV_T_CASES = [
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("case", CONV_T_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize(
+    "case", CONV_T_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items())
+)
 def test_conv_transpose_bn(rng, case, bias):
     model, feeds = conv_bn_model(rng, op="ConvTranspose", bias=bias, **{"size": 5, **case})
     folded, result = check_fold(model, feeds, expect_folded=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx_helpers import bn_stats, check_fold, make_model, op_types, reasons
 
@@ -122,7 +123,9 @@ def test_matmul_rank3_bn_is_refused(rng):
 def test_matmul_rank3_mul_by_feature_vector_folds(rng):
     """A Mul by a per-feature vector after a rank-3 MatMul acts on the last axis: folds."""
     model, feeds = matmul_model(
-        rng, "z = MatMul (a, W)\n y = Mul (z, s)", a_shape=(2, 3, K),
+        rng,
+        "z = MatMul (a, W)\n y = Mul (z, s)",
+        a_shape=(2, 3, K),
         extra={"s": rng.uniform(-2, 2, M).astype(np.float32)},
     )
     folded, _ = check_fold(model, feeds, expect_folded=1)
@@ -142,3 +145,91 @@ def test_matmul_constant_first_operand_is_refused(rng):
     result = bnfold.fold(model.SerializeToString())
     assert not result.report.folded
     assert "first operand" in reasons(result)
+
+
+@pytest.mark.parametrize(
+    ("body", "y_shape"),
+    [
+        # (N, M) -> (N, M, 1, 1): the BN channel axis is the feature axis
+        ("r = Reshape (z, s4)\n y = BatchNormalization (r, gamma, beta, mean, var)", "[4,5,1,1]"),
+        # (N, M) -> (N, 1, 1, M) -> (N, M, 1, 1)
+        (
+            "r = Reshape (z, s4b)\n t = Transpose <perm=[0,3,1,2]> (r)\n"
+            " y = BatchNormalization (t, gamma, beta, mean, var)",
+            "[4,5,1,1]",
+        ),
+        # (N, M) -> (1, N, M) -> (1, M, N): channel axis 1 is M
+        (
+            "r = Reshape (z, s3)\n t = Transpose <perm=[0,2,1]> (r)\n"
+            " y = BatchNormalization (t, gamma, beta, mean, var)",
+            "[1,5,4]",
+        ),
+    ],
+)
+def test_matmul_reshape_transpose_bn_folds(rng, body, y_shape):
+    model, feeds = matmul_model(
+        rng,
+        "z = MatMul (a, W)\n " + body,
+        y_shape=y_shape,
+        extra={
+            "s4": np.array([N, M, 1, 1], np.int64),
+            "s4b": np.array([-1, 1, 1, M], np.int64),
+            "s3": np.array([1, -1, M], np.int64),
+        },
+    )
+    folded, result = check_fold(model, feeds, expect_folded=1)
+    assert op_types(folded)[0] == "Gemm" and "BatchNormalization" not in op_types(folded)
+    assert folded.graph.output[0] == model.graph.output[0]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        # (N, M) -> (N, 1, M): channel axis 1 is a size-1 axis from the batch side
+        ("r = Reshape (z, s)\n y = BatchNormalization (r, g1, b1, m1, v1)", "not keep the BN"),
+        # (N, M) -> (M, N): channel axis is the batch
+        ("t = Transpose (z)\n y = BatchNormalization (t, gN, bN, mN, vN)", "maps to axis 0"),
+    ],
+)
+def test_matmul_reshape_transpose_bn_refused(rng, body, reason):
+    extra = {"s": np.array([N, 1, M], np.int64)}
+    extra.update({f"{k[0]}1": v for k, v in bn_stats(rng, 1).items()})
+    extra.update({f"{k[0]}N": v for k, v in bn_stats(rng, N).items()})
+    model, _ = matmul_model(rng, "z = MatMul (a, W)\n " + body, extra=extra)
+    result = bnfold.fold(model.SerializeToString())
+    assert not result.report.folded
+    assert reason in reasons(result), reasons(result)
+
+
+def test_matmul_reshape_mixing_axes_refused(rng):
+    """(N, 6) -> (N, 2, 3): BN over 2 channels mixes features: not a per-feature scale."""
+    inits = {"W": rng.normal(0, 0.5, (K, 6)).astype(np.float32), "s": np.array([N, 2, 3])}
+    inits.update(bn_stats(rng, 2))
+    model = make_model(
+        f"""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[{N},{K}] a) => (float[{N},2,3] y) {{
+          z = MatMul (a, W)
+          r = Reshape (z, s)
+          y = BatchNormalization (r, gamma, beta, mean, var)
+        }}""",
+        inits,
+    )
+    result = bnfold.fold(model.SerializeToString())
+    assert not result.report.folded
+    assert "does not keep the BN channel axis whole" in reasons(result), reasons(result)
+
+
+def test_matmul_reshape_with_second_consumer_refused(rng):
+    model, _ = matmul_model(
+        rng,
+        "z = MatMul (a, W)\n r = Reshape (z, s4)\n y = BatchNormalization (r, gamma, beta, mean, var)"
+        "\n q = Relu (z)",
+        y_shape="[4,5,1,1]",
+        extra={"s4": np.array([N, M, 1, 1], np.int64)},
+    )
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info("q", onnx.TensorProto.FLOAT, [N, M])
+    )
+    result = bnfold.fold(model.SerializeToString())
+    assert not result.report.folded
+    assert "also feeds" in reasons(result) or "graph output" in reasons(result)

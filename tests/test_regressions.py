@@ -1,0 +1,89 @@
+"""One test per bug found while writing the fold tests. Each docstring says the bug."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx_helpers import bn_stats, fold_bytes, make_model, reasons
+
+import bnfold
+
+
+def test_float64_weight_overflowing_in_float64_is_refused():
+    """Bug: ``range_problem`` only counted values finite in float64 but above the dtype's max,
+    so a float64 weight whose scaled value overflowed float64 itself (inf) passed the check and
+    the fold wrote inf weights. Fixed in arithmetic.range_problem: a value that became
+    infinite from a finite original counts as overflow."""
+    rng = np.random.default_rng(0)
+    stats = bn_stats(rng, 3, np.float64)
+    stats["var"] = np.full(3, 1e-200)  # scale ~ 1e100
+    weights = rng.normal(0, 1, (4, 3))
+    weights[0, 0] = 1e300
+    model = make_model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (double[2,4] a) => (double[2,3] y) {
+          z = MatMul (a, W)
+          y = BatchNormalization <epsilon=1e-300> (z, gamma, beta, mean, var)
+        }""",
+        {"W": weights, **stats},
+    )
+    folded, result = fold_bytes(model.SerializeToString())
+    assert not result.report.folded
+    assert "overflow" in reasons(result)
+    for tensor in onnx.load_from_string(folded).graph.initializer:
+        assert np.all(np.isfinite(onnx.numpy_helper.to_array(tensor)))
+
+
+def test_function_body_fold_is_idempotent():
+    """Bug: folding inside a model-local function gave the new Constant outputs a dtype and
+    shape; onnx-ir writes those as main-graph value_info named "local::F/<value>" and does not
+    read them back, so folding the output again dropped them: not idempotent (bytes changed).
+    Fixed in engine._new_constant: function-body Constant outputs get no dtype/shape."""
+    rng = np.random.default_rng(1)
+    p = {"W": rng.normal(0, 0.5, (2, 1, 1, 1)).astype(np.float32), **bn_stats(rng, 2)}
+
+    def const(name, a):
+        dims = ",".join(map(str, a.shape))
+        vals = ", ".join(repr(float(v)) for v in a.reshape(-1))
+        return f"{name} = Constant <value = float[{dims}] {{{vals}}}> ()"
+
+    body = "\n".join(const(k, v) for k, v in p.items())
+    model = make_model(
+        f"""<ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+        g (float[1,1,3,3] x) => (float[1,2,3,3] y) {{
+          y = local.F (x)
+        }}
+        <domain: "local", opset_import: ["" : 17]>
+        F (x) => (y) {{
+          {body}
+          z = Conv (x, W)
+          y = BatchNormalization (z, gamma, beta, mean, var)
+        }}"""
+    )
+    once, result = fold_bytes(model.SerializeToString())
+    assert len(result.report.folded) == 1
+    twice, _ = fold_bytes(once)
+    assert twice == once
+    assert not onnx.load_from_string(once).graph.value_info
+
+
+def test_duplicate_bn_label_names_stay_unique():
+    """Guard (no bug found): two unnamed BNs whose labels would collide still get distinct
+    initializer names, and the folded names point back at their BN."""
+    rng = np.random.default_rng(2)
+    p = {"W": rng.normal(0, 0.5, (2, 1, 1, 1)).astype(np.float32), **bn_stats(rng, 2)}
+    model = make_model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[1,1,3,3] x) => (float[1,2,3,3] y1, float[1,2,3,3] y2) {
+          z1 = Conv (x, W)
+          y1 = BatchNormalization (z1, gamma, beta, mean, var)
+          z2 = Conv (x, W)
+          y2 = BatchNormalization (z2, gamma, beta, mean, var)
+        }""",
+        p,
+    )
+    folded = onnx.load_from_string(fold_bytes(model.SerializeToString())[0])
+    names = [t.name for t in folded.graph.initializer]
+    assert len(names) == len(set(names)) == 4
+    assert any("(y1)" in n for n in names) and any("(y2)" in n for n in names)
+    assert bnfold.fold(model).report.bn_after == 0
