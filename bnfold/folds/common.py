@@ -152,6 +152,26 @@ def single_consumer_refusal(value: ir.Value, kind: str) -> Refusal | None:
     return None
 
 
+def conv_weight_and_bias(
+    node: ir.Node, ctx: FoldContext, layout: str
+) -> tuple[np.ndarray, np.ndarray | None] | Refusal:
+    """Constant weight (rank >= 3, ``layout`` names its axes) and optional bias of a (de)conv."""
+    op = node.op_type
+    if len(node.inputs) < 2:
+        return Refusal(f"{op} has no weight input")
+    weight = ctx.const(node.inputs[1], f"{op} weight")
+    if isinstance(weight, Refusal):
+        return weight
+    refusal = check_weight_rank(weight, layout, weight.ndim >= 3)
+    if refusal:
+        return refusal
+    bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+    if bias_value is None:
+        return weight, None
+    bias = ctx.const(bias_value, f"{op} bias")
+    return bias if isinstance(bias, Refusal) else (weight, bias)
+
+
 def check_weight_rank(w: np.ndarray, expected: str, ok: bool) -> Refusal | None:
     return None if ok else Refusal(f"weight of shape {tuple(w.shape)} is not {expected}")
 

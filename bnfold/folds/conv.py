@@ -19,27 +19,17 @@ from bnfold.folds.common import (
     FoldContext,
     LinearLayer,
     Refusal,
-    check_weight_rank,
+    conv_weight_and_bias,
     install_at,
     int_attr,
 )
 
 
 def match_conv(node: ir.Node, ctx: FoldContext) -> LinearLayer | Refusal:
-    if len(node.inputs) < 2:
-        return Refusal("Conv has no weight input")
-    weight = ctx.const(node.inputs[1], "Conv weight")
-    if isinstance(weight, Refusal):
-        return weight
-    refusal = check_weight_rank(weight, "(Cout, Cin/group, k...)", weight.ndim >= 3)
-    if refusal:
-        return refusal
-    bias_value = node.inputs[2] if len(node.inputs) > 2 else None
-    bias = None
-    if bias_value is not None:
-        bias = ctx.const(bias_value, "Conv bias")
-        if isinstance(bias, Refusal):
-            return bias
+    parts = conv_weight_and_bias(node, ctx, "(Cout, Cin/group, k...)")
+    if isinstance(parts, Refusal):
+        return parts
+    weight, bias = parts
     return LinearLayer(
         fold="conv",
         node=node,

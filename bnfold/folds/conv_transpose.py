@@ -20,30 +20,20 @@ from bnfold.folds.common import (
     FoldContext,
     LinearLayer,
     Refusal,
-    check_weight_rank,
+    conv_weight_and_bias,
     install_at,
     int_attr,
 )
 
 
 def match_conv_transpose(node: ir.Node, ctx: FoldContext) -> LinearLayer | Refusal:
-    if len(node.inputs) < 2:
-        return Refusal("ConvTranspose has no weight input")
-    weight = ctx.const(node.inputs[1], "ConvTranspose weight")
-    if isinstance(weight, Refusal):
-        return weight
-    refusal = check_weight_rank(weight, "(Cin, Cout/group, k...)", weight.ndim >= 3)
-    if refusal:
-        return refusal
+    parts = conv_weight_and_bias(node, ctx, "(Cin, Cout/group, k...)")
+    if isinstance(parts, Refusal):
+        return parts
+    weight, bias = parts
     groups = int_attr(node, "group", 1)
     if groups < 1 or weight.shape[0] % groups:
         return Refusal(f"weight dim 0 ({weight.shape[0]}) is not divisible by group={groups}")
-    bias_value = node.inputs[2] if len(node.inputs) > 2 else None
-    bias = None
-    if bias_value is not None:
-        bias = ctx.const(bias_value, "ConvTranspose bias")
-        if isinstance(bias, Refusal):
-            return bias
     return LinearLayer(
         fold="conv_transpose",
         node=node,
