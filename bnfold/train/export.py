@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -80,29 +81,38 @@ def export_model(
         sample = split_digits().x_test[:verify_batch]
     example = torch.zeros((batch_size, *INPUT_SHAPE))
     dynamic_axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(p),
-            dynamo=False,
-            training=torch.onnx.TrainingMode.PRESERVE,
-            opset_version=opset,
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-        )
-    proto = onnx.load(p)
-    bn_modules = count_batchnorms(model)
-    bn_nodes = sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
-    if bn_nodes != bn_modules:
-        raise ExportError(
-            f"{p}: the exported graph has {bn_nodes} BatchNormalization nodes for {bn_modules} "
-            "BatchNorm modules; the exporter folded or dropped BatchNorm"
-        )
-    error = _max_error(model, p, np.ascontiguousarray(sample, dtype=np.float32))
+    # export into a temporary file beside the destination; it is renamed into place only
+    # once it has passed both checks, so a failed export leaves nothing behind
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                training=torch.onnx.TrainingMode.PRESERVE,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
+        proto = onnx.load(tmp)
+        bn_modules = count_batchnorms(model)
+        bn_nodes = sum(n.op_type == "BatchNormalization" for n in proto.graph.node)
+        if bn_nodes != bn_modules:
+            raise ExportError(
+                f"{p}: the exported graph has {bn_nodes} BatchNormalization nodes for "
+                f"{bn_modules} BatchNorm modules; the exporter folded or dropped BatchNorm"
+            )
+        error = _max_error(model, tmp, np.ascontiguousarray(sample, dtype=np.float32), p)
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
     return ExportResult(str(p), opset, dynamic_batch, bn_modules, bn_nodes, len(sample), error)
 
 
@@ -118,16 +128,22 @@ def export_checkpoint(
     return export_model(model, path, opset=opset, dynamic_batch=dynamic_batch)
 
 
-def _max_error(model: nn.Module, path: Path, sample: np.ndarray) -> float:
-    """Largest |onnxruntime - torch| on ``sample``; ExportError above tolerance."""
+def _max_error(model: nn.Module, path: Path, sample: np.ndarray, label: Path) -> float:
+    """Largest |onnxruntime - torch| on ``sample``; ExportError above tolerance.
+
+    onnxruntime runs with graph optimisations off, so the exported graph is what is checked,
+    not onnxruntime's fused rewrite of it.
+    """
     with torch.no_grad():
         expected = model(torch.from_numpy(sample)).numpy()
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"input": sample})
     error = float(np.max(np.abs(got - expected))) if expected.size else 0.0
     if got.shape != expected.shape or not np.allclose(got, expected, rtol=RTOL, atol=ATOL):
         raise ExportError(
-            f"{path}: onnxruntime disagrees with torch (max abs error {error:.3g}, "
+            f"{label}: onnxruntime disagrees with torch (max abs error {error:.3g}, "
             f"tolerance {ATOL:g} + {RTOL:g}*|torch|)"
         )
     return error

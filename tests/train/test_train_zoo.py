@@ -150,3 +150,5 @@ def test_export_fails_loudly_when_bn_nodes_are_lost(tmp_path):
 
     with pytest.raises(ExportError, match="0 BatchNormalization nodes for 1 BatchNorm"):
         export_model(Unused(), tmp_path / "m.onnx")
+    # regression: a failed export used to leave the bad file at the destination
+    assert list(tmp_path.iterdir()) == []
