@@ -22,6 +22,10 @@ from bnfold.errors import BadInputError
 # Above this many bytes of tensor data the model is saved with external data
 # (protobuf cannot serialise a message over 2 GiB).
 EXTERNAL_DATA_THRESHOLD = 1536 * 1024 * 1024
+# Threads writing external data (onnx-ir's max_workers).
+SAVE_WORKERS = max(1, min(4, os.cpu_count() or 1))
+# ir.Model.meta key: whether the model was loaded with external data
+_LOADED_EXTERNAL = "bnfold.loaded_external_data"
 _MIN_OPSET, _MAX_OPSET = 1, onnx.defs.onnx_opset_version()
 
 
@@ -39,6 +43,8 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     except Exception as exc:  # protobuf DecodeError, truncated files, bad external data...
         raise BadInputError(p, f"not a readable ONNX model ({_short(exc)})") from None
     validate_model(model, p)
+    # remembered so that a fold which replaces every external tensor still saves externally
+    model.meta[_LOADED_EXTERNAL] = has_external_data(model)
     return model
 
 
@@ -128,27 +134,43 @@ def staged_save(
     """
     dest = Path(path)
     if external_data is None:
-        external_data = has_external_data(model) or tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
+        external_data = (
+            bool(model.meta.get(_LOADED_EXTERNAL))
+            or has_external_data(model)
+            or tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     callback = None
     if progress is not None:
+        started = 0
 
         def callback(_tensor: ir.TensorProtocol, info: ir.external_data.CallbackInfo) -> None:
-            progress(info.index + 1, info.total)
+            nonlocal started  # writers run in parallel: count calls, not indices
+            started += 1
+            progress(started, info.total)
 
     with _staging_dir(dest.parent) as tmp:
         staged = tmp / dest.name
         if external_data:
             data_name = data_file_name(dest)
             ir.save(
-                model, staged, external_data=data_name, size_threshold_bytes=1024, callback=callback
+                model,
+                staged,
+                external_data=data_name,
+                size_threshold_bytes=1024,
+                callback=callback,
+                # computing a folded weight and writing another overlap (numpy and file
+                # writes release the GIL); folded weights stream, so memory stays bounded
+                max_workers=SAVE_WORKERS,
             )
             names = [dest.name, data_name]
         else:
             try:
                 write_inline(model, staged)
             except BadInputError:
-                raise BadInputError(dest, "model exceeds 2 GB; save it with external data") from None
+                raise BadInputError(
+                    dest, "model exceeds 2 GB; save it with external data"
+                ) from None
             names = [dest.name]
         yield StagedModel(tmp, dest, names)
 
@@ -221,7 +243,10 @@ def write_inline(model: ir.Model, path: Path) -> int:
     parts: list[tuple[bytes, ir.TensorProtocol | None, int]] = []  # (bytes, tensor to stream, n)
     for tp in proto.graph.initializer:
         place = {e.key: e.value for e in tp.external_data}
-        if tp.data_location == onnx.TensorProto.EXTERNAL and place.get("location") == _STREAM_LOCATION:
+        if (
+            tp.data_location == onnx.TensorProto.EXTERNAL
+            and place.get("location") == _STREAM_LOCATION
+        ):
             tensor = originals[int(place["offset"])]
             n = int(place["length"])
             tp.ClearField("external_data")

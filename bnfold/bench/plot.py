@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bnfold import atomic
 from bnfold.errors import UsageError
 
 if TYPE_CHECKING:
@@ -45,5 +46,6 @@ def write_plot(result: BenchResult, path: str | os.PathLike[str]) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    fig.savefig(os.fspath(path), dpi=100)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from bnfold import atomic
 from bnfold.bench import BenchOptions, bench_models, write_plot
 from bnfold.cli import verify_options as vo
 from bnfold.cli._app import app
@@ -82,7 +83,7 @@ def bench(
             write_plot(result, plot)
     Console(width=max(Console().width, 160)).print(result.render())
     if json_path is not None:
-        json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        atomic.write_text(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
     if fail_if_slower is not None:
         slow = result.slower_than(fail_if_slower)
         if slow:

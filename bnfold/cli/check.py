@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from bnfold import atomic
 from bnfold.cli import verify_options as vo
 from bnfold.cli._app import app
 from bnfold.cli._errors import cli_errors
@@ -64,6 +65,6 @@ def check(
         result = check_models(reference, candidate, options)
     Console(width=max(Console().width, 160)).print(result.render())
     if json_path is not None:
-        json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        atomic.write_text(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
     if not result.passed:
         raise typer.Exit(1)

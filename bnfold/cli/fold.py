@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from bnfold import atomic
 from bnfold.api import FoldResult, fold, fold_file
 from bnfold.cli import verify_options as vo
 from bnfold.cli._app import app
@@ -59,9 +60,7 @@ def _emit(result: FoldResult, as_json: bool, quiet: bool) -> None:
 def _write_report(path: Path | None, result: FoldResult) -> None:
     if path is None:
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(result.report.to_json() + "\n")
-    tmp.replace(path)
+    atomic.write_text(path, result.report.to_json() + "\n")
 
 
 @app.command("fold")

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bnfold import atomic
 from bnfold.cli._app import app
 from bnfold.cli._errors import cli_errors
 from bnfold.errors import UsageError
@@ -177,7 +178,7 @@ def export(
         f"on {result.verify_batch} digits"
     )
     if json_path is not None:
-        json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        atomic.write_text(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
 
 
 @app.command()

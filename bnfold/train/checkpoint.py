@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bnfold import atomic
 from bnfold.errors import BadInputError, BnfoldError
 from bnfold.train.training import TrainConfig, TrainResult
 
@@ -19,18 +20,18 @@ CHECKPOINT_FORMAT = "bnfold-checkpoint/1"
 def save_checkpoint(result: TrainResult, path: str | os.PathLike) -> Path:
     """Write ``result`` (config, state_dict, metrics) to ``path`` with ``torch.save``."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     metrics = result.to_dict()
     metrics.pop("config")
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "config": result.config.to_dict(),
-            "state_dict": result.model.state_dict(),
-            "metrics": metrics,
-        },
-        p,
-    )
+    with atomic.atomic_path(p) as tmp:
+        torch.save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": result.config.to_dict(),
+                "state_dict": result.model.state_dict(),
+                "metrics": metrics,
+            },
+            tmp,
+        )
     return p
 
 

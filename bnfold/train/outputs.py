@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bnfold import atomic
 from bnfold.train.checkpoint import save_checkpoint
 from bnfold.train.compare import CompareOptions, CompareResult, CompareRun, run_compare
 from bnfold.train.plots import write_compare_plot, write_training_curve
@@ -19,8 +20,7 @@ __all__ = ["CompareFiles", "TrainFiles", "compare_to_dir", "run_name", "train_to
 def write_json(data: dict, path: str | os.PathLike) -> Path:
     """Write ``data`` as indented JSON with a trailing newline."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(data, indent=2) + "\n")
+    atomic.write_text(p, json.dumps(data, indent=2) + "\n")
     return p
 
 
@@ -79,7 +79,7 @@ def compare_to_dir(
     out.mkdir(parents=True, exist_ok=True)
     result = run_compare(options, on_run=on_run)
     table = out / "compare.md"
-    table.write_text(result.table() + "\n")
+    atomic.write_text(table, result.table() + "\n")
     return CompareFiles(
         result,
         table,

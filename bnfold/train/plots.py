@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bnfold import atomic
 from bnfold.train.compare import CompareResult
 from bnfold.train.training import TrainResult
 
@@ -74,7 +75,7 @@ def write_compare_plot(result: CompareResult, path: str | os.PathLike) -> Path:
 
 def _save(fig, plt, path: str | os.PathLike) -> Path:
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=100)
+    with atomic.atomic_path(p) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return p
