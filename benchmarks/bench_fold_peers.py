@@ -126,7 +126,7 @@ def _run_tool(tool: str, src: Path, out: Path, external: bool) -> dict[str, floa
 
         keep = {"FusionConvBN", "FusionConvTransposeBN"}
         skip_patterns = [p for p in DEFAULT_FUSION_PATTERNS if p not in keep]
-        skip_opts = [k for k in OptimizationSettings.keys() if k != "graph_fusion"]
+        skip_opts = [k for k in OptimizationSettings.keys() if k != "graph_fusion"]  # noqa: SIM118
         t0 = time.perf_counter()
         model = onnx.load(src)
         t1 = time.perf_counter()
@@ -208,6 +208,7 @@ def run_one(tool: str, info: dict, out_dir: Path, timeout: float) -> dict:
     for f in _files_of(out):
         f.unlink(missing_ok=True)
     _warm(src)
+    os.sync()  # no dirty pages of an earlier run left to write back during this one
     args = {"tool": tool, "src": str(src), "out": str(out), "external": info["external_data"]}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(args)]
     start = time.perf_counter()
@@ -233,7 +234,9 @@ def check_output(tool: str, info: dict, result: dict, verify_ort: bool) -> None:
     out = Path(result["out"])
     try:
         result["bn_left"] = _bn_left(out)
-        result["bn_ok"] = result["bn_left"] == 0 if tool != "copy" else result["bn_left"] == info["bn"]
+        result["bn_ok"] = (
+            result["bn_left"] == 0 if tool != "copy" else result["bn_left"] == info["bn"]
+        )
         if verify_ort and info["bytes"] < PROTO_LIMIT and tool != "copy":
             result["ort_rel_diff"] = _ort_diff(Path(info["path"]), out, info["input_shape"])
             result["ort_ok"] = result["ort_rel_diff"] < 1e-4
@@ -249,7 +252,9 @@ def summarize(runs: list[dict]) -> dict:
     ok = [r for r in runs if r.get("ok")]
     if not ok:
         return {"ok": False, "error": runs[0].get("error", "failed"), "runs": runs}
-    med = {k: statistics.median(r[k] for r in ok) for k in ("load_s", "fold_s", "save_s", "total_s")}
+    med = {
+        k: statistics.median(r[k] for r in ok) for k in ("load_s", "fold_s", "save_s", "total_s")
+    }
     return {
         "ok": True,
         **med,
@@ -269,7 +274,17 @@ def print_table(results: dict, models: dict) -> None:
     from rich.table import Table
 
     table = Table(title="BN folding: bnfold vs peers (median of repeats; ratios = tool / bnfold)")
-    for col in ("model", "tool", "fold s", "total s", "× bnfold", "peak MiB", "× bnfold", "BN left", "ORT rel diff"):
+    for col in (
+        "model",
+        "tool",
+        "fold s",
+        "total s",
+        "× bnfold",
+        "peak MiB",
+        "× bnfold",
+        "BN left",
+        "ORT rel diff",
+    ):
         table.add_column(col, justify="left" if col in ("model", "tool") else "right")
     for name, per_tool in results.items():
         ref = per_tool.get("bnfold", {})
@@ -356,13 +371,21 @@ def main(argv: list[str] | None = None) -> int:
                 if r["ok"]:
                     check_output(tool, info, r, verify_ort=not args.no_ort and rep == 0)
                 runs[tool].append(r)
-                state = f"{r['total_s']:.2f} s, {r['peak_kib'] / 1024:.0f} MiB" if r["ok"] else r["error"][:80]
-                print(f"[{name} {rep + 1}/{args.repeat}] {tool}: {state}", file=sys.stderr, flush=True)
+                state = (
+                    f"{r['total_s']:.2f} s, {r['peak_kib'] / 1024:.0f} MiB"
+                    if r["ok"]
+                    else r["error"][:80]
+                )
+                print(
+                    f"[{name} {rep + 1}/{args.repeat}] {tool}: {state}", file=sys.stderr, flush=True
+                )
         results[name] = {t: summarize(runs[t]) for t in tools}
     print_table(results, models)
     summary = goals(results, models)
     for name, g in summary.items():
-        print(name, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in g.items()}))
+        print(
+            name, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in g.items()})
+        )
     import numpy
     import onnx
     import onnx_ir

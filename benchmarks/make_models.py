@@ -49,38 +49,64 @@ class GraphBuilder:
         self.n += 1
         return f"{prefix}_{self.n}"
 
-    def init(self, prefix: str, shape: tuple[int, ...], make: Callable[[np.random.Generator], np.ndarray]) -> ir.Value:
+    def init(
+        self, prefix: str, shape: tuple[int, ...], make: Callable[[np.random.Generator], np.ndarray]
+    ) -> ir.Value:
         name = self.name(prefix)
         rng_seed = [self.seed, self.n]  # one generator per tensor: order does not matter
         nbytes = int(np.prod(shape)) * 4
         if self.lazy_bytes is not None and nbytes > self.lazy_bytes:
 
             def compute(rng_seed=rng_seed, make=make) -> ir.Tensor:
-                return ir.tensor(make(np.random.default_rng(rng_seed)).astype(np.float32, copy=False))
+                return ir.tensor(
+                    make(np.random.default_rng(rng_seed)).astype(np.float32, copy=False)
+                )
 
-            tensor: ir.TensorProtocol = ir.LazyTensor(compute, dtype=FLOAT, shape=ir.Shape(shape), name=name)
+            tensor: ir.TensorProtocol = ir.LazyTensor(
+                compute, dtype=FLOAT, shape=ir.Shape(shape), name=name
+            )
         else:
             array = make(np.random.default_rng(rng_seed)).astype(np.float32, copy=False)
             assert array.shape == shape, (array.shape, shape)
             tensor = ir.tensor(array, name=name)
-        value = ir.Value(name=name, shape=ir.Shape(shape), type=ir.TensorType(FLOAT), const_value=tensor)
+        value = ir.Value(
+            name=name, shape=ir.Shape(shape), type=ir.TensorType(FLOAT), const_value=tensor
+        )
         self.initializers.append(value)
         return value
 
     def node(self, op: str, inputs: list[ir.Value | None], **attrs) -> ir.Value:
         out = self.name(op.lower())
-        node = ir.Node("", op, inputs, attributes=[ir.convenience.convert_attribute(k, v) for k, v in attrs.items()], name=f"{out}_node")
+        node = ir.Node(
+            "",
+            op,
+            inputs,
+            attributes=[ir.convenience.convert_attribute(k, v) for k, v in attrs.items()],
+            name=f"{out}_node",
+        )
         node.outputs[0].name = out
         self.nodes.append(node)
         return node.outputs[0]
 
-    def conv(self, x: ir.Value, cin: int, cout: int, k: int, stride: int = 1, bias: bool = False) -> ir.Value:
+    def conv(
+        self, x: ir.Value, cin: int, cout: int, k: int, stride: int = 1, bias: bool = False
+    ) -> ir.Value:
         std = float(np.sqrt(2.0 / (cin * k * k)))
         shape = (cout, cin, k, k)
-        w = self.init("w", shape, lambda r, s=shape, std=std: r.standard_normal(s, dtype=np.float32) * np.float32(std))
+        w = self.init(
+            "w",
+            shape,
+            lambda r, s=shape, std=std: r.standard_normal(s, dtype=np.float32) * np.float32(std),
+        )
         b = self.init("b", (cout,), lambda r, c=cout: r.normal(0, 0.05, c)) if bias else None
         pad = k // 2
-        return self.node("Conv", [x, w] + ([b] if b is not None else []), kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
+        return self.node(
+            "Conv",
+            [x, w] + ([b] if b is not None else []),
+            kernel_shape=[k, k],
+            strides=[stride, stride],
+            pads=[pad] * 4,
+        )
 
     def bn(self, x: ir.Value, c: int) -> ir.Value:
         self.bn_count += 1
@@ -90,12 +116,21 @@ class GraphBuilder:
         var = self.init("var", (c,), lambda r: r.uniform(0.5, 1.5, c))
         return self.node("BatchNormalization", [x, gamma, beta, mean, var], epsilon=1e-5)
 
-    def conv_bn(self, x: ir.Value, cin: int, cout: int, k: int, stride: int = 1, relu: bool = True) -> ir.Value:
+    def conv_bn(
+        self, x: ir.Value, cin: int, cout: int, k: int, stride: int = 1, relu: bool = True
+    ) -> ir.Value:
         y = self.bn(self.conv(x, cin, cout, k, stride), cout)
         return self.node("Relu", [y]) if relu else y
 
     def model(self, name: str, x: ir.Value, y: ir.Value) -> ir.Model:
-        graph = ir.Graph([x], [y], nodes=self.nodes, initializers=self.initializers, opset_imports={"": OPSET}, name=name)
+        graph = ir.Graph(
+            [x],
+            [y],
+            nodes=self.nodes,
+            initializers=self.initializers,
+            opset_imports={"": OPSET},
+            name=name,
+        )
         return ir.Model(graph, ir_version=8, producer_name="bnfold-benchmarks")
 
 
@@ -106,10 +141,15 @@ def _input(shape: tuple[int, ...]) -> ir.Value:
 def _head(b: GraphBuilder, x: ir.Value, c: int, classes: int) -> ir.Value:
     x = b.node("GlobalAveragePool", [x])
     x = b.node("Flatten", [x], axis=1)
-    w = b.init("fc_w", (classes, c), lambda r: r.standard_normal((classes, c), dtype=np.float32) * np.float32(1 / np.sqrt(c)))
+    w = b.init(
+        "fc_w",
+        (classes, c),
+        lambda r: r.standard_normal((classes, c), dtype=np.float32) * np.float32(1 / np.sqrt(c)),
+    )
     bias = b.init("fc_b", (classes,), lambda r: r.normal(0, 0.01, classes))
     y = b.node("Gemm", [x, w, bias], transB=1)
     y.name = "output"
+    y.type, y.shape = ir.TensorType(FLOAT), ir.Shape((1, classes))
     return y
 
 
