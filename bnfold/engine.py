@@ -7,6 +7,8 @@ walk lives here; the arithmetic in :mod:`bnfold.arithmetic`; what each producer 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common
@@ -357,10 +359,16 @@ def _infer_shapes_if_needed(model: ir.Model, ctx: FoldContext) -> None:
                 and is_default_domain(node)
                 and node.outputs[0].shape is None
             ):
+                # onnx-ir logs a traceback when onnx's inference rejects the model (and leaves
+                # it unchanged): silence it, the refusal reasons say what stayed unknown
+                log = logging.getLogger("onnx_ir.passes.common.shape_inference")
+                disabled, log.disabled = log.disabled, True
                 try:
                     ir.passes.common.ShapeInferencePass()(model)
                 except Exception as exc:  # shape inference is a help, not a requirement
                     ctx.notes.append(
                         f"shape inference failed ({type(exc).__name__}); ranks may be unknown"
                     )
+                finally:
+                    log.disabled = disabled
                 return

@@ -87,3 +87,35 @@ def test_duplicate_bn_label_names_stay_unique():
     assert len(names) == len(set(names)) == 4
     assert any("(y1)" in n for n in names) and any("(y2)" in n for n in names)
     assert bnfold.fold(model).report.bn_after == 0
+
+
+def test_rejected_shape_inference_prints_no_traceback(tmp_path):
+    """onnx-ir logged a full traceback on stderr when onnx's shape inference rejected a model
+    (MatMul on [1,1,5] -> BN); the fold itself was right. The CLI must stay quiet and refuse."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = (
+        Path(__file__).parent
+        / "data"
+        / "onnxruntime-fusion"
+        / "fuse-matmul-bn-directly-dont-fuse.onnx"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bnfold",
+            "fold",
+            str(model),
+            "-o",
+            str(tmp_path / "o.onnx"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "features are on the last axis" in out.stdout
