@@ -15,7 +15,7 @@ import onnx_ir.passes.common
 
 from bnfold.arithmetic import Affine, fold_bias, range_problem, scale_weight, scaled_weight_problem
 from bnfold.folded_weight import FoldedWeight
-from bnfold.folds.batchnorm import batchnorm_affine_of
+from bnfold.folds.batchnorm import batchnorm_affine_of, batchnorm_refusal
 from bnfold.folds.common import (
     LAZY_BYTES,
     FoldContext,
@@ -170,6 +170,10 @@ def fold_node(target: ir.Node, ctx: FoldContext) -> Folded | Refusal:
         data = target.inputs[0] if target.inputs else None
         if data is None:
             return Refusal("has no input")
+        # the BN's own reasons first: nothing before it (an Add) is folded for a BN that stays
+        refusal = batchnorm_refusal(target, ctx)
+        if refusal:
+            return refusal
     else:
         operand = data_operand(target, ctx)
         if operand is None:
@@ -185,7 +189,6 @@ def fold_node(target: ir.Node, ctx: FoldContext) -> Folded | Refusal:
     layer = _match_producer(target, data, ctx)
     if isinstance(layer, Refusal):
         return layer
-    data = target.inputs[0] if is_bn else data_operand(target, ctx)[1]
     kind = layer.node.op_type if layer.fold != "matmul_add" else "MatMul+Add"
     refusal = single_consumer_refusal(layer.output, kind)
     if refusal:
@@ -228,7 +231,8 @@ def _apply(
         problem = range_problem(layer.bias, bias64, layer.dtype)
     if problem is not None:
         return Refusal(f"the folded {layer.dtype} weights would not be exact: {problem}")
-    if in_function and not _function_fold_keeps_count(layer, need_bias):
+    stale = [v for v in target.inputs if v is not None] + list(layer.replaced)
+    if in_function and not _function_fold_keeps_count(stale, need_bias):
         return Refusal("in a function body the fold would add Constant nodes")
 
     label = node_label(target)
@@ -245,7 +249,6 @@ def _apply(
 
     out = target.outputs[0]
     name, dtype, shape = out.name, out.type, out.shape
-    stale = [v for v in target.inputs if v is not None] + list(layer.replaced)
     out.replace_all_uses_with(carrier, replace_graph_outputs=True)
     target.graph.remove(target, safe=True)
     out.name = None
@@ -313,15 +316,21 @@ def _new_constant(
     return value
 
 
-def _function_fold_keeps_count(layer: LinearLayer, need_bias: bool) -> bool:
-    """In a function body new weights are Constant nodes: only fold if old ones go away."""
-    freed = 0
-    for value in layer.replaced:
-        producer = value.producer()
-        if producer is not None and producer.op_type == "Constant" and len(value.uses()) == 1:
-            freed += 1
+def _function_fold_keeps_count(stale: list[ir.Value], need_bias: bool) -> bool:
+    """In a function body new weights are Constant nodes: fold only if as many go away.
+
+    ``stale`` are the inputs the fold stops reading (BN parameters, old weight and bias); each
+    produced by a Constant that nothing else reads is removed with the folded node.
+    """
+    freed = {
+        id(value.producer())
+        for value in stale
+        if value.producer() is not None
+        and value.producer().op_type == "Constant"
+        and len(value.uses()) == 1
+    }
     added = 1 + int(need_bias)
-    return added - freed <= 1  # the folded node itself goes
+    return added <= len(freed) + 1  # the folded node itself goes too
 
 
 def _drop_unused(values: list[ir.Value], ctx: FoldContext) -> None:
@@ -338,8 +347,6 @@ def _drop_unused(values: list[ir.Value], ctx: FoldContext) -> None:
             continue
         node = value.producer()
         if node is None or node.graph is None or not is_default_domain(node):
-            continue
-        if node.subgraphs() if hasattr(node, "subgraphs") else False:
             continue
         if any(out.uses() or out.is_graph_output() for out in node.outputs):
             continue

@@ -119,3 +119,90 @@ def test_rejected_shape_inference_prints_no_traceback(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr
     assert "features are on the last axis" in out.stdout
+
+
+def test_add_before_a_refused_bn_is_left_alone():
+    """Conv -> Add(per-channel) -> BN(training_mode=1) with affine=False (BN folds only): the
+    Add used to be folded into the Conv on the BN's behalf before the BN was refused, changing
+    the graph for nothing. (With the default affine=True the Add is a fold of its own.)"""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal((1, 4, 1, 1)).astype(np.float32), "c"),
+    ]
+    stats = bn_stats(rng, 4)
+    for name, key in zip(("g", "b", "m", "v"), ("gamma", "beta", "mean", "var"), strict=True):
+        inits.append(numpy_helper.from_array(stats[key], name))
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["conv", "c"], ["add"]),
+        helper.make_node(
+            "BatchNormalization", ["add", "g", "b", "m", "v"], ["y", "rm", "rv"], training_mode=1
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    result = bnfold.fold(model, affine=False)
+    assert [s.reason for s in result.report.skipped] == [
+        "training_mode=1: the node normalises with batch statistics"
+    ]
+    assert result.report.folded == []
+    assert [n.op_type for n in result.model.graph] == ["Conv", "Add", "BatchNormalization"]
+
+
+def test_function_fold_counts_the_bn_parameters_it_frees():
+    """In a function body the node-count guard ignored the BN's own Constant parameters, so a
+    Conv whose weight Constant is shared (two Convs) was refused although folding removes the
+    BN and its four parameter Constants and adds two: never more nodes, and exact."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+
+    def const(name, array):
+        return helper.make_node(
+            "Constant", [], [name], value=numpy_helper.from_array(array.astype(np.float32), name)
+        )
+
+    stats = bn_stats(rng, 4)
+    gamma, beta, mean, var = (stats[k] for k in ("gamma", "beta", "mean", "var"))
+    body = [
+        const("w", rng.standard_normal((4, 4, 3, 3)) * 0.3),
+        const("g", gamma), const("b", beta), const("m", mean), const("v", var),
+        helper.make_node("Conv", ["X", "w"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "g", "b", "m", "v"], ["bn"]),
+        helper.make_node("Conv", ["bn", "w"], ["Y"], pads=[1, 1, 1, 1]),
+    ]  # fmt: skip
+    function = helper.make_function("local", "F", ["X"], ["Y"], body, [helper.make_opsetid("", 17)])
+    graph = helper.make_graph(
+        [helper.make_node("F", ["x"], ["y"], domain="local")],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+        functions=[function],
+    )
+    before = sum(1 for _ in model.functions[0].node)
+    result = bnfold.fold(model)
+    assert result.report.bn_folded == 1, result.report.skipped
+    function_nodes = list(next(iter(result.model.functions.values())))
+    assert len(function_nodes) == before - 3  # -BN -4 params +weight +bias
+    folded = onnx.load_from_string(fold_bytes(model.SerializeToString())[0])
+    import onnxruntime as ort
+
+    x = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(model.SerializeToString(), so).run(None, {"x": x})[0]
+    got = ort.InferenceSession(folded.SerializeToString(), so).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
