@@ -75,7 +75,7 @@ class FoldContext:
         self.notes: list[str] = []
         self.pre_folded: list = []  # Add/Sub nodes folded on the way to a BN
         self._names: set[str] = set()
-        for graph in _all_graphs(model):
+        for graph in all_graphs(model):
             self._names.update(v.name for v in graph.inputs if v.name)
             self._names.update(graph.initializers.keys())
             for node in graph:
@@ -115,15 +115,9 @@ class FoldContext:
         return const.array
 
 
-def _all_graphs(model: ir.Model):
-    yield from model.graphs()
-    for function in model.functions.values():
-        yield function.graph
-
-
-def all_graphs(model: ir.Model):
+def all_graphs(model: ir.Model) -> list[ir.Graph]:
     """The main graph, every subgraph, and every model-local function body."""
-    return list(_all_graphs(model))
+    return [*model.graphs(), *(function.graph for function in model.functions.values())]
 
 
 def int_attr(node: ir.Node, name: str, default: int) -> int:

@@ -63,9 +63,7 @@ def match_gemm(node: ir.Node, ctx: FoldContext) -> LinearLayer | Refusal:
         vec = channel_vector(np.asarray(c), channels, -1, 2)
         if isinstance(vec, Refusal):
             return vec
-        bias = beta * vec
-    elif beta != 1.0:
-        pass  # no C: beta is irrelevant
+        bias = beta * vec  # without C, beta does not matter
     return LinearLayer(
         fold="gemm",
         node=node,
