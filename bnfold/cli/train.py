@@ -98,9 +98,16 @@ def train(
     with cli_errors():
         api = _train_api()
         if compare:
-            if lr is not None or not bn or activation != "relu" or bn_position != "before":
+            if (
+                lr is not None
+                or not bn
+                or activation != "relu"
+                or bn_position != "before"
+                or bn_impl != "reference"
+            ):
                 raise UsageError(
-                    "--compare runs its own grid; drop --lr, --no-bn, --activation, --bn-position"
+                    "--compare runs its own grid; drop --lr, --no-bn, --activation, "
+                    "--bn-position, --bn-impl"
                 )
             _run_compare(api, model or "mlp", epochs or 40, batch_size, seed, out)
             return
@@ -129,7 +136,7 @@ def train(
             files = api.train_to_dir(config, out, on_epoch=on_epoch)
     r = files.result
     summary = (
-        f"final test accuracy {r.final_accuracy:.4f}, 90% reached at epoch {r.epochs_to(0.9) or 'never'}"
+        f"final test accuracy {r.final_accuracy:.4f}, 90% reached at epoch {r.epochs_to() or 'never'}"
         if r.final_accuracy is not None
         else f"final test MSE {r.final_test_loss:.5f}"
     )

@@ -42,7 +42,7 @@ class DemoOptions:
         self.train_config()  # validates model, seed and epochs
 
     def train_config(self) -> TrainConfig:
-        epochs = self.epochs or (1 if self.quick else 20)
+        epochs = self.epochs if self.epochs is not None else (1 if self.quick else 20)
         return TrainConfig(
             model=self.model,
             epochs=epochs,

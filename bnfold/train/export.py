@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from bnfold import atomic
 from bnfold.errors import BnfoldError, UsageError
 from bnfold.train.checkpoint import load_checkpoint
 from bnfold.train.data import split_digits
@@ -75,7 +75,6 @@ def export_model(
         raise UsageError(f"opset {opset} is too old; use 9 or newer")
     model.eval()
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     verify_batch = 8 if dynamic_batch else batch_size
     if sample is None:
         sample = split_digits().x_test[:verify_batch]
@@ -83,10 +82,7 @@ def export_model(
     dynamic_axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
     # export into a temporary file beside the destination; it is renamed into place only
     # once it has passed both checks, so a failed export leaves nothing behind
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic.atomic_path(p) as tmp:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -110,9 +106,6 @@ def export_model(
                 f"{bn_modules} BatchNorm modules; the exporter folded or dropped BatchNorm"
             )
         error = _max_error(model, tmp, np.ascontiguousarray(sample, dtype=np.float32), p)
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(str(p), opset, dynamic_batch, bn_modules, bn_nodes, len(sample), error)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bnfold import atomic
 from bnfold.train.compare import CompareResult
-from bnfold.train.training import TrainResult
+from bnfold.train.training import TARGET_ACCURACY, TrainResult
 
 __all__ = ["write_compare_plot", "write_training_curve"]
 
@@ -34,7 +34,7 @@ def write_training_curve(result: TrainResult, path: str | os.PathLike) -> Path:
     ax_loss.legend()
     if has_acc:
         axes[1].plot(epochs, [s.test_accuracy for s in result.history], marker=".")
-        axes[1].axhline(0.9, color="grey", linestyle=":", linewidth=1)
+        axes[1].axhline(TARGET_ACCURACY, color="grey", linestyle=":", linewidth=1)
         axes[1].set(xlabel="epoch", ylabel="test accuracy", title="test accuracy", ylim=(0, 1))
     c = result.config
     fig.suptitle(

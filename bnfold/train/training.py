@@ -15,7 +15,7 @@ from torch import nn
 
 from bnfold.errors import UsageError
 from bnfold.train.data import DigitsSplit, split_digits
-from bnfold.train.zoo import ACTIVATIONS, BN_IMPLS, BN_POSITIONS, TASKS, build_model
+from bnfold.train.zoo import TASKS, ZooOptions, build_model
 
 __all__ = ["EpochStats", "TrainConfig", "TrainResult", "evaluate", "train"]
 
@@ -41,17 +41,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Reject unusable settings with a UsageError (exit 2 on the command line)."""
-        choices = (
-            ("model", self.model, tuple(TASKS)),
-            ("bn_position", self.bn_position, BN_POSITIONS),
-            ("activation", self.activation, ACTIVATIONS),
-            ("bn_impl", self.bn_impl, BN_IMPLS),
-        )
-        for what, value, allowed in choices:
-            if value not in allowed:
-                raise UsageError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.model not in TASKS:
+            raise UsageError(f"model must be one of {', '.join(TASKS)}; got {self.model!r}")
+        try:  # the zoo's own check of bn_position, activation and bn_impl
+            ZooOptions(self.bn, self.bn_position, self.activation, self.bn_impl)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         if self.epochs < 1 or self.batch_size < 2:
             raise UsageError("epochs must be >= 1 and batch_size >= 2")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise UsageError(f"max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"lr must be a positive number, got {self.lr}")
         if not 0.0 < self.test_fraction < 1.0:
@@ -175,6 +174,10 @@ def _train(
     rng = np.random.default_rng(config.seed)
     x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     n_batches = len(x_train) // config.batch_size
+    if n_batches < 1:
+        raise UsageError(
+            f"batch_size {config.batch_size} exceeds the {len(x_train)} training images"
+        )
     if config.max_steps_per_epoch is not None:
         n_batches = min(n_batches, config.max_steps_per_epoch)
     result = TrainResult(config, model)
@@ -192,9 +195,7 @@ def _train(
             optimizer.step()
             total += loss.item()
         test_loss, accuracy = evaluate(model, data.x_test, data.y_test, config.task)
-        stats = EpochStats(
-            epoch, total / max(n_batches, 1), test_loss, accuracy, time.perf_counter() - t0
-        )
+        stats = EpochStats(epoch, total / n_batches, test_loss, accuracy, time.perf_counter() - t0)
         result.history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)

@@ -12,6 +12,7 @@ as BatchNormalization nodes and a symbolic batch axis (input ``input``: (batch, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import filecmp
 import hashlib
 import sys
@@ -37,7 +38,7 @@ def make(out_dir: Path) -> list[Path]:
     torch.use_deterministic_algorithms(True)
     written = []
     for name, config in SAMPLES.items():
-        result = train(TrainConfig(**{**config.to_dict(), "epochs": 1, "seed": 0}), threads=1)
+        result = train(dataclasses.replace(config, epochs=1, seed=0), threads=1)
         path = out_dir / f"{name}.onnx"
         info = export_model(result.model, path, dynamic_batch=True)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]

@@ -101,3 +101,18 @@ def test_demo_quick_end_to_end(tmp_path):
     for path in report["files"].values():
         assert (tmp_path / path.rsplit("/", 1)[-1]).stat().st_size > 0
     assert "BatchNorm     4 BatchNormalization nodes before, 0 after" in res.output
+
+
+def test_compare_refuses_bn_impl_it_would_ignore(tmp_path):
+    """Regression: ``--compare --bn-impl torch`` silently ran the grid with the reference BN."""
+    res = invoke("train", "--compare", "--bn-impl", "torch", "--epochs", "1", "--out", tmp_path)
+    assert res.exit_code == 2
+    assert not (tmp_path / "compare.json").exists()
+
+
+def test_cli_model_names_match_the_zoo():
+    """The CLI keeps its own copy of the names so that ``--help`` needs no torch."""
+    from bnfold.cli.train import MODEL_NAMES
+    from bnfold.train import MODEL_NAMES as ZOO_NAMES
+
+    assert MODEL_NAMES == ZOO_NAMES

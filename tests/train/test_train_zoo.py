@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
 import bnfold  # noqa: E402
-from bnfold.errors import BadInputError  # noqa: E402
+from bnfold.errors import BadInputError, UsageError  # noqa: E402
 from bnfold.model_io import save_model  # noqa: E402
 from bnfold.train import (  # noqa: E402
     MODEL_NAMES,
@@ -23,6 +23,7 @@ from bnfold.train import (  # noqa: E402
     split_digits,
     train,
 )
+from bnfold.train.demo import DemoOptions  # noqa: E402
 from bnfold.train.zoo import build_model  # noqa: E402
 from bnfold.verify import CheckOptions, check_models  # noqa: E402
 
@@ -152,3 +153,14 @@ def test_export_fails_loudly_when_bn_nodes_are_lost(tmp_path):
         export_model(Unused(), tmp_path / "m.onnx")
     # regression: a failed export used to leave the bad file at the destination
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_refuses_settings_that_would_train_nothing():
+    """Regression: a batch larger than the training set (or max_steps_per_epoch=0) ran no step
+    at all and reported a train loss of 0.0; DemoOptions(epochs=0) silently trained 20 epochs."""
+    with pytest.raises(UsageError, match="exceeds the 1347 training images"):
+        train(TrainConfig(model="mlp", epochs=1, batch_size=2000))
+    with pytest.raises(UsageError, match="max_steps_per_epoch"):
+        TrainConfig(max_steps_per_epoch=0)
+    with pytest.raises(UsageError, match="epochs must be >= 1"):
+        DemoOptions(epochs=0)
