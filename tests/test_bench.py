@@ -6,12 +6,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from _verify_models import gemm_bn_pair
+from _verify_models import gemm_bn_pair, int_bool_pair
 from typer.testing import CliRunner
 
 from bnfold.bench import BenchOptions, bench_models, bootstrap_median_ci, paired_speedup, verdict
 from bnfold.cli import app
-from bnfold.errors import UsageError
+from bnfold.errors import BadInputError, UsageError
 
 TINY = {"rounds": 3, "iters": 2, "warmup": 1, "creation_repeats": 1, "resamples": 200}
 
@@ -118,3 +118,27 @@ def test_bench_on_cuda():
     ref, cand = gemm_bn_pair(batch=4)
     result = bench_models(ref, cand, BenchOptions(provider="cuda", memory=False, **TINY))
     assert len(result.levels) == 2
+
+
+def test_bench_onnxruntime_failure_is_bad_input():
+    """Bug: an input onnxruntime rejects at run time (here a Gather index out of range) escaped
+    bench as a traceback, exit 1, the code of --fail-if-slower, instead of a BadInputError."""
+    ref, cand = int_bool_pair()
+    with pytest.raises(BadInputError, match="onnxruntime failed on input set random #0"):
+        bench_models(
+            ref, cand, BenchOptions(memory=False, shapes={"K": (5,)}, int_range=(11, 11), **TINY)
+        )
+
+
+def test_bench_candidate_with_fewer_inputs(tmp_path):
+    """Bug: bench fed the candidate every reference input, and onnxruntime rejects a name the
+    model does not take, though check accepts a candidate whose inputs are a subset."""
+    ref, cand = gemm_bn_pair(batch=4)
+    ref.graph.input.append(
+        onnx.helper.make_tensor_value_info("unused", onnx.TensorProto.FLOAT, [1])
+    )
+    onnx.save(ref, tmp_path / "r.onnx")
+    onnx.save(cand, tmp_path / "c.onnx")
+    options = BenchOptions(levels=("disable",), **TINY)
+    result = bench_models(tmp_path / "r.onnx", tmp_path / "c.onnx", options)
+    assert result.levels[0].sides["candidate"].memory.peak_mib > 0

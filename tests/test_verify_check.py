@@ -5,11 +5,12 @@ import json
 import numpy as np
 import onnx
 import pytest
-from _verify_models import conv_bn_pair, gemm_bn_pair, if_pair, int_bool_pair
+from _verify_models import _model, conv_bn_pair, gemm_bn_pair, if_pair, int_bool_pair
+from onnx import TensorProto, helper
 
 from bnfold.errors import BadInputError, UsageError
 from bnfold.verify import CheckOptions, check_models
-from bnfold.verify.inputs import InputInfo, parse_shape, resolve_shape
+from bnfold.verify.inputs import InputInfo, parse_shape, random_feed, resolve_shape
 
 
 def test_correct_fold_passes_with_every_statistic():
@@ -186,3 +187,48 @@ def test_bnfold_fold_output_passes_check():
     folded = ir.to_proto(bnfold.fold(ref).model)
     assert not any(n.op_type == "BatchNormalization" for n in folded.graph.node)
     assert check_models(ref, folded, CheckOptions(calibrate=True)).passed
+
+
+def _float_in(*nodes, out_type=TensorProto.FLOAT, extra_outputs=()):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", out_type, [2, 3])
+    return _model(list(nodes), {}, [x], [y, *extra_outputs])
+
+
+def test_output_dtype_change_fails():
+    """Bug: only a string/number mismatch was a problem, so a candidate whose float32 output
+    came back as float64 (or a bool as int) with equal values passed the check."""
+    ref = _float_in(helper.make_node("Relu", ["x"], ["y"]))
+    cand = _float_in(
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Cast", ["r"], ["y"], to=TensorProto.DOUBLE),
+        out_type=TensorProto.DOUBLE,
+    )
+    result = check_models(ref, cand, CheckOptions(locate=True))
+    assert not result.passed
+    assert result.outputs[0].problem == "type differs: reference float32, candidate float64"
+    assert result.divergence is not None and result.divergence.tensor == "y"
+
+
+def test_locate_compares_string_tensors_for_equality():
+    """Bug: --locate fed every shared tensor to the numeric comparison, which raised a
+    ValueError (a traceback) on a string tensor such as a Constant's b"abc"."""
+    t = helper.make_tensor_value_info("t", TensorProto.STRING, [1])
+    const = helper.make_node(
+        "Constant", [], ["t"], value=helper.make_tensor("v", TensorProto.STRING, [1], [b"abc"])
+    )
+    ref = _float_in(const, helper.make_node("Relu", ["x"], ["y"]), extra_outputs=[t])
+    cand = _float_in(const, helper.make_node("Neg", ["x"], ["y"]), extra_outputs=[t])
+    result = check_models(ref, cand, CheckOptions(locate=True))
+    assert [o.passed for o in result.outputs] == [False, True]
+    assert result.divergence is not None and result.divergence.tensor == "y"
+
+
+def test_int_range_outside_what_can_be_drawn():
+    """Bug: an --int-range with no value an unsigned input can hold, or a high end above int64,
+    raised numpy's ValueError (a traceback, exit 1) instead of a usage error."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(UsageError, match="no value fits input 'a'"):
+        random_feed(InputInfo("a", "tensor(uint8)", (3,)), (3,), rng, (-5, -1))
+    wide = random_feed(InputInfo("a", "tensor(uint64)", (3,)), (3,), rng, (0, 2**64 - 1))
+    assert wide.dtype == np.uint64

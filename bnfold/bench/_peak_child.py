@@ -27,7 +27,7 @@ def main() -> None:
     args = json.loads(sys.argv[1])
     import numpy as np
 
-    from bnfold.verify.session import ModelRef, make_session
+    from bnfold.verify.session import ModelRef, make_session, session_feeds
 
     with np.load(args["inputs"]) as data:
         feeds = {k: data[k] for k in data.files}
@@ -40,6 +40,7 @@ def main() -> None:
         opt_level=args["opt_level"],
         threads=args["threads"],
     )
+    feeds = session_feeds(session, feeds)
     for _ in range(args["runs"]):
         session.run(None, feeds)
     after = peak_kib()

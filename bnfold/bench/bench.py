@@ -17,7 +17,15 @@ from bnfold.bench.memory import PeakMemory, peak_memory
 from bnfold.bench.stats import Speedup, paired_speedup
 from bnfold.errors import UsageError
 from bnfold.verify.inputs import input_sets, session_inputs
-from bnfold.verify.session import ModelRef, check_opt_level, check_provider, make_session, model_ref
+from bnfold.verify.session import (
+    ModelRef,
+    check_opt_level,
+    check_provider,
+    make_session,
+    model_ref,
+    run_feeds,
+    session_feeds,
+)
 
 SIDES = ("reference", "candidate")
 
@@ -170,9 +178,9 @@ def _count_nodes(graph: onnx.GraphProto) -> tuple[int, int]:
 
 
 def _facts(ref: ModelRef) -> ModelFacts:
-    nodes, bns = _count_nodes(ref.load(with_external_data=False).graph)
-    path = str(ref.path) if ref.path is not None else f"<{ref.label} in memory>"
-    return ModelFacts(path, ref.size_bytes(), nodes, bns)
+    model = ref.load(with_external_data=False)
+    nodes, bns = _count_nodes(model.graph)
+    return ModelFacts(ref.display, ref.size_bytes(model), nodes, bns)
 
 
 def _creation_time(ref: ModelRef, repeats: int, **kw) -> float:
@@ -220,39 +228,42 @@ def bench_models(
     kw = {"provider": options.provider, "threads": options.threads}
     probe = make_session(refs["reference"], opt_level="disable", **kw)
     infos = session_inputs(probe)
-    feeds = input_sets(
+    (sample,) = input_sets(
         infos,
         samples=1,
         seed=options.seed,
         shapes=options.shapes,
         int_range=options.int_range,
         batch=options.batch,
-    )[0].feeds
+    )
+    feeds = sample.feeds
     rng = np.random.default_rng(options.seed)
     levels = []
     with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as tmp:
         npz = Path(tmp) / "inputs.npz"
         np.savez(npz, **feeds)
+        on_disk = {s: _on_disk(r, Path(tmp)) for s, r in refs.items()} if options.memory else {}
         for level in options.levels:
             creation = {
                 s: _creation_time(r, options.creation_repeats, opt_level=level, **kw)
                 for s, r in refs.items()
             }
             sessions = {s: make_session(r, opt_level=level, **kw) for s, r in refs.items()}
+            side_feeds = {s: session_feeds(sessions[s], feeds) for s in SIDES}
             for s in SIDES:
+                # one checked run first: an input onnxruntime rejects is a BadInputError (exit 2)
+                outputs = [o.name for o in sessions[s].get_outputs()]
+                run_feeds(sessions[s], side_feeds[s], outputs, sample.label)
                 for _ in range(options.warmup):
-                    sessions[s].run(None, feeds)
+                    sessions[s].run(None, side_feeds[s])
             rounds: dict[str, list[float]] = {s: [] for s in SIDES}
             for _ in range(options.rounds):
-                for s in rng.permutation(SIDES):
-                    rounds[str(s)].append(_run_ms(sessions[str(s)], feeds, options.iters))
+                for s in map(str, rng.permutation(SIDES)):
+                    rounds[s].append(_run_ms(sessions[s], side_feeds[s], options.iters))
             del sessions
             memory = {s: None for s in SIDES}
             if options.memory:
-                memory = {
-                    s: peak_memory(_on_disk(r, Path(tmp)), npz, opt_level=level, **kw)
-                    for s, r in refs.items()
-                }
+                memory = {s: peak_memory(on_disk[s], npz, opt_level=level, **kw) for s in SIDES}
             sides = {s: SideTiming(creation[s], rounds[s], memory[s]) for s in SIDES}
             speedup = paired_speedup(
                 rounds["reference"],

@@ -17,6 +17,7 @@ from bnfold.verify.session import (
     check_provider,
     make_session,
     model_ref,
+    run_feeds,
 )
 from bnfold.verify.stats import (
     MODES,
@@ -24,6 +25,8 @@ from bnfold.verify.stats import (
     Tolerance,
     compare_arrays,
     failed_stats,
+    incomparable,
+    is_text,
     json_float,
     noise_multiple,
 )
@@ -174,28 +177,8 @@ class CheckResult:
         return render_check(self)
 
 
-def _label(ref: ModelRef) -> str:
-    return str(ref.path) if ref.path is not None else f"<{ref.label} in memory>"
-
-
-def _flat(value: Any) -> np.ndarray:
-    if isinstance(value, list):  # a sequence output
-        parts = [np.asarray(v).ravel() for v in value]
-        return np.concatenate(parts) if parts else np.zeros(0)
-    return np.asarray(value)
-
-
 def _run_all(session, sets: list[InputSet], names: list[str]) -> list[dict[str, np.ndarray]]:
-    wanted = {i.name for i in session.get_inputs()}
-    results = []
-    for s in sets:
-        try:
-            values = session.run(names, {k: v for k, v in s.feeds.items() if k in wanted})
-        except Exception as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BadInputError(None, f"onnxruntime failed on input set {s.label}: {msg}") from exc
-        results.append({n: _flat(v) for n, v in zip(names, values, strict=True)})
-    return results
+    return [run_feeds(session, s.feeds, names, s.label) for s in sets]
 
 
 def _pair_outputs(
@@ -226,27 +209,12 @@ def _compare_output(
     tol = options.tolerance(ref_name, refs[0].dtype)
     shapes = [tuple(r.shape) for r in refs]
     for r, c in zip(refs, cands, strict=True):
-        if r.shape != c.shape:
+        problem = incomparable(r, c)
+        if problem:
             return OutputResult(
-                ref_name,
-                cand_name,
-                dtype,
-                shapes,
-                tol,
-                failed_stats(r.size),
-                f"shape differs: reference {r.shape}, candidate {c.shape}",
+                ref_name, cand_name, dtype, shapes, tol, failed_stats(r.size), problem
             )
-        if (r.dtype.kind in "OUS") != (c.dtype.kind in "OUS"):
-            return OutputResult(
-                ref_name,
-                cand_name,
-                dtype,
-                shapes,
-                tol,
-                failed_stats(r.size),
-                f"type differs: reference {r.dtype}, candidate {c.dtype}",
-            )
-    if refs[0].dtype.kind in "OUS":  # strings: equal or not
+    if is_text(refs[0].dtype):  # strings: equal or not
         equal = all(np.array_equal(r, c) for r, c in zip(refs, cands, strict=True))
         size = sum(r.size for r in refs)
         stats = compare_arrays(np.zeros(size), np.zeros(size) if equal else np.ones(size), tol)
@@ -271,12 +239,12 @@ def _calibrate(
     names = [o.name for o in outputs]
     alt_runs = _run_all(session, sets, names)
     for out in outputs:
-        if out.problem or out.dtype in ("object",) or out.dtype.startswith(("<U", "|S")):
+        dtype = np.dtype(out.dtype)
+        if out.problem or is_text(dtype):
             continue
         ref_all = np.concatenate([r[out.name].ravel() for r in ref_runs])
         alt_all = np.concatenate([a[out.name].ravel() for a in alt_runs])
         noise = compare_arrays(ref_all, alt_all, out.tolerance).max_abs
-        dtype = np.dtype(out.dtype)
         eps = float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else 0.0
         floor = max(noise, eps * out.stats.ref_range)
         out.calibration = Calibration(
@@ -329,7 +297,7 @@ def check_models(
     if options.calibrate:
         _calibrate(ref, sets, outputs, ref_runs, options)
     result = CheckResult(
-        _label(ref), _label(cand), options, [s.label for s in sets], outputs, notes=notes
+        ref.display, cand.display, options, [s.label for s in sets], outputs, notes=notes
     )
     if options.locate and not result.passed:
 

@@ -125,8 +125,14 @@ def random_feed(
     lo, hi = int_range
     if lo > hi:
         raise UsageError(f"--int-range {lo} {hi}: low is above high")
-    limits = np.iinfo(dtype)
-    lo, hi = max(lo, int(limits.min)), min(hi, int(limits.max))
+    limits, drawn = np.iinfo(dtype), np.iinfo(np.int64)  # drawn as int64, then cast
+    lo = max(lo, int(limits.min), int(drawn.min))
+    hi = min(hi, int(limits.max), int(drawn.max))
+    if lo > hi:
+        raise UsageError(
+            f"--int-range {int_range[0]} {int_range[1]}: no value fits input {info.name!r} "
+            f"({dtype}, {limits.min} to {limits.max})"
+        )
     return np.asarray(rng.integers(lo, hi, size=shape, endpoint=True, dtype=np.int64), dtype=dtype)
 
 

@@ -11,12 +11,11 @@ import numpy as np
 import onnx
 
 from bnfold.verify.inputs import InputSet
-from bnfold.verify.session import ModelRef, make_session
-from bnfold.verify.stats import ErrorStats, failed_stats
+from bnfold.verify.session import PROTO_LIMIT, ModelRef, make_session, run_feeds
+from bnfold.verify.stats import ErrorStats, failed_stats, incomparable, is_text
 
 FOLD_KEY = "bnfold.fold"
 SOURCE_KEY = "bnfold.source"
-_PROTO_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ def _expose(model: onnx.ModelProto, names: list[str], workdir: Path, label: str)
     for n in names:
         if n not in present:
             model.graph.output.append(onnx.ValueInfoProto(name=n))
-    if model.ByteSize() <= _PROTO_LIMIT:
+    if model.ByteSize() <= PROTO_LIMIT:
         return ModelRef(label=label, data=model.SerializeToString())
     path = workdir / f"{label}.onnx"
     onnx.save_model(model, str(path), save_as_external_data=True, location=f"{label}.data")
@@ -105,39 +104,20 @@ def locate_divergence(
     common = [name for name in cand_prod if name in ref_prod]
     if not common:
         return None
+    kw = {"provider": provider, "opt_level": opt_level, "threads": threads}
     with tempfile.TemporaryDirectory(prefix="bnfold-locate-") as tmp:
-        ref_sess = make_session(
-            _expose(ref_model, common, Path(tmp), "reference"),
-            provider=provider,
-            opt_level=opt_level,
-            threads=threads,
-        )
-        cand_sess = make_session(
-            _expose(cand_model, common, Path(tmp), "candidate"),
-            provider=provider,
-            opt_level=opt_level,
-            threads=threads,
-        )
-        cand_names = {i.name for i in cand_sess.get_inputs()}
+        ref_sess = make_session(_expose(ref_model, common, Path(tmp), "reference"), **kw)
+        cand_sess = make_session(_expose(cand_model, common, Path(tmp), "candidate"), **kw)
         for input_set in input_sets:
-            ref_out = dict(
-                zip(
-                    [o.name for o in ref_sess.get_outputs()],
-                    ref_sess.run(None, input_set.feeds),
-                    strict=True,
-                )
-            )
-            cand_feeds = {k: v for k, v in input_set.feeds.items() if k in cand_names}
-            cand_out = dict(
-                zip(
-                    [o.name for o in cand_sess.get_outputs()],
-                    cand_sess.run(None, cand_feeds),
-                    strict=True,
-                )
-            )
+            ref_out = run_feeds(ref_sess, input_set.feeds, common, input_set.label)
+            cand_out = run_feeds(cand_sess, input_set.feeds, common, input_set.label)
             for name in common:
-                r, c = np.asarray(ref_out[name]), np.asarray(cand_out[name])
-                if r.shape != c.shape or r.dtype.kind != c.dtype.kind:
+                r, c = ref_out[name], cand_out[name]
+                if incomparable(r, c):
+                    stats = failed_stats(r.size)
+                elif is_text(r.dtype):  # strings: equal or not
+                    if np.array_equal(r, c):
+                        continue
                     stats = failed_stats(r.size)
                 else:
                     stats = compare(name, r, c)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -22,7 +24,7 @@ OPT_LEVELS = {
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 # A serialized protobuf cannot exceed 2 GiB; bigger models must go by path.
-_PROTO_LIMIT = 2**31 - 1
+PROTO_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,11 @@ class ModelRef:
     def source(self) -> str | bytes:
         return str(self.path) if self.path is not None else self.data  # type: ignore[return-value]
 
+    @property
+    def display(self) -> str:
+        """The path, or ``<label in memory>``, for reports."""
+        return str(self.path) if self.path is not None else f"<{self.label} in memory>"
+
     def load(self, with_external_data: bool = True) -> onnx.ModelProto:
         """The ModelProto (external data loaded unless asked otherwise)."""
         if self.path is not None:
@@ -46,12 +53,14 @@ class ModelRef:
                 raise BadInputError(self.path, f"not a readable ONNX model ({exc})") from exc
         return onnx.load_from_string(self.data)
 
-    def size_bytes(self) -> int:
-        """Bytes on disk: the model file plus its external data files."""
+    def size_bytes(self, model: onnx.ModelProto | None = None) -> int:
+        """Bytes on disk: the model file plus its external data files. ``model``: this model
+        already loaded (external data not needed), to save loading it again."""
         if self.path is None:
             return len(self.data or b"")
         total = self.path.stat().st_size
-        model = onnx.load(str(self.path), load_external_data=False)
+        if model is None:
+            model = self.load(with_external_data=False)
         seen: set[str] = set()
         for tensor in _external_tensors(model.graph):
             for entry in tensor.external_data:
@@ -79,7 +88,7 @@ def _external_tensors(graph: onnx.GraphProto):
 def model_ref(model: object, label: str) -> ModelRef:
     """Turn a path, ModelProto or bytes into a ModelRef; a missing file is a BadInputError."""
     if isinstance(model, onnx.ModelProto):
-        if model.ByteSize() > _PROTO_LIMIT:
+        if model.ByteSize() > PROTO_LIMIT:
             raise BadInputError(
                 None, f"{label} model is over 2 GB; pass it by path (external data)"
             )
@@ -139,6 +148,45 @@ def make_session(
     try:
         return ort.InferenceSession(model.source, sess_options=so, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = "" if model.path is not None else f"{model.label} model: "
-        raise BadInputError(model.path, f"{where}onnxruntime cannot load it: {msg}") from exc
+        raise BadInputError(
+            model.path, f"{where}onnxruntime cannot load it: {_first_line(exc)}"
+        ) from exc
+
+
+def run_feeds(
+    session: ort.InferenceSession,
+    feeds: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    label: str,
+) -> dict[str, np.ndarray]:
+    """Run ``session`` for outputs ``names`` on the feeds it takes (others are left out); a
+    sequence output comes back as its tensors flattened into one array. A failure is a
+    BadInputError naming the input set ``label``."""
+    try:
+        values = session.run(list(names), session_feeds(session, feeds))
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise BadInputError(
+            None, f"onnxruntime failed on input set {label}: {_first_line(exc)}"
+        ) from exc
+    return {n: _flat(v) for n, v in zip(names, values, strict=True)}
+
+
+def session_feeds(
+    session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The part of ``feeds`` that ``session`` takes (onnxruntime rejects unknown names)."""
+    wanted = {i.name for i in session.get_inputs()}
+    return {k: v for k, v in feeds.items() if k in wanted}
+
+
+def _flat(value: Any) -> np.ndarray:
+    if isinstance(value, list):  # a sequence output
+        parts = [np.asarray(v).ravel() for v in value]
+        return np.concatenate(parts) if parts else np.zeros(0)
+    return np.asarray(value)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

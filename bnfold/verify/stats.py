@@ -58,10 +58,25 @@ def json_float(x: float) -> float | str:
 
 
 def _as_float64(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.number):
-        return a.astype(np.float64)
-    return a.astype(np.float64, copy=False)
+    return np.asarray(a).astype(np.float64, copy=False)
+
+
+def is_text(dtype: np.dtype) -> bool:
+    """Strings (or objects, as onnxruntime returns strings): compared for equality only."""
+    return dtype.kind in "OUS"
+
+
+def incomparable(reference: np.ndarray, candidate: np.ndarray) -> str | None:
+    """Why two outputs cannot be compared value by value (shape or element type differs), or None.
+
+    Strings of different widths are still comparable."""
+    if reference.shape != candidate.shape:
+        return f"shape differs: reference {reference.shape}, candidate {candidate.shape}"
+    if reference.dtype != candidate.dtype and not (
+        is_text(reference.dtype) and is_text(candidate.dtype)
+    ):
+        return f"type differs: reference {reference.dtype}, candidate {candidate.dtype}"
+    return None
 
 
 def compare_arrays(reference: np.ndarray, candidate: np.ndarray, tol: Tolerance) -> ErrorStats:
