@@ -70,6 +70,15 @@ def _onnx_save(model, out: Path, external: bool) -> None:
         onnx.save_model(model, out)
 
 
+def _ir_save(model, out: Path, external: bool) -> None:
+    import onnx_ir as ir
+
+    if external:
+        ir.save(model, out, external_data=out.name + ".data", size_threshold_bytes=1024)
+    else:
+        ir.save(model, out)
+
+
 def _run_tool(tool: str, src: Path, out: Path, external: bool) -> dict[str, float]:
     """Load, fold, save; return phase times. Imports happen before the clock starts."""
     if tool == "copy":
@@ -79,10 +88,7 @@ def _run_tool(tool: str, src: Path, out: Path, external: bool) -> dict[str, floa
         model = ir.load(src)
         t1 = time.perf_counter()
         t2 = t1
-        if external:
-            ir.save(model, out, external_data=out.name + ".data", size_threshold_bytes=1024)
-        else:
-            ir.save(model, out)
+        _ir_save(model, out, external)
     elif tool == "bnfold":
         import bnfold
 
@@ -101,10 +107,7 @@ def _run_tool(tool: str, src: Path, out: Path, external: bool) -> dict[str, floa
         t1 = time.perf_counter()
         model = rewrite(model, pattern_rewrite_rules=_fuse_batchnorm.rules)
         t2 = time.perf_counter()
-        if external:
-            ir.save(model, out, external_data=out.name + ".data", size_threshold_bytes=1024)
-        else:
-            ir.save(model, out)
+        _ir_save(model, out, external)
     elif tool == "onnxscript-proto":
         import onnx
         from onnxscript.rewriter import rewrite

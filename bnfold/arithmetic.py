@@ -163,12 +163,14 @@ def scaled_weight_blocks(
 def _scale_into(out: np.ndarray, chunk: np.ndarray, s: np.ndarray) -> None:
     """``out[...] = dtype(float64(chunk) * s)``: each product in float64, rounded once.
 
-    The ufunc casts through small internal buffers, so no float64 copy of the chunk is made.
+    For numpy's floats the ufunc casts through small internal buffers, so no float64 copy of
+    the chunk is made; ml_dtypes' types (bfloat16) take a chunk-sized float64 product and
+    :func:`cast_to`, since their own cast from float64 rounds twice.
     """
-    try:
+    if out.dtype.kind == "f":
         np.multiply(chunk, s, out=out, dtype=np.float64, casting="unsafe")
-    except TypeError:  # a dtype numpy cannot cast inside the ufunc loop
-        out[...] = (chunk.astype(np.float64) * s).astype(out.dtype)
+    else:
+        out[...] = cast_to(chunk.astype(np.float64) * s, out.dtype)
 
 
 # Elements per block when scanning a weight for max |w| (small enough to stay in a CPU cache).
@@ -280,13 +282,13 @@ def range_problem(
     finite = np.isfinite(folded64)
     # a value that became infinite in float64 itself (float64 weights) overflowed too, unless
     # the original was already infinite
-    was_finite = True if original is None else np.isfinite(np.asarray(original, np.float64))
+    o = None if original is None else np.abs(np.asarray(original, dtype=np.float64))
+    was_finite = True if o is None else np.isfinite(o)
     overflow = int(np.count_nonzero((finite & (mag > float(info.max))) | (~finite & was_finite)))
     new_sub = 0
     if dtype.itemsize <= 2:
         sub = (mag > 0) & (mag < float(info.tiny))
-        if original is not None:
-            o = np.abs(np.asarray(original, dtype=np.float64))
+        if o is not None:
             sub &= ~((o > 0) & (o < float(info.tiny))) & (o != 0)
         new_sub = int(np.count_nonzero(sub))
     if overflow or new_sub:
@@ -321,5 +323,22 @@ def scaled_weight_problem(
 
 
 def cast_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Round float64 ``values`` once to ``dtype``."""
-    return np.asarray(values, dtype=np.float64).astype(dtype)
+    """Round float64 ``values`` once (to nearest, ties to even) to ``dtype``.
+
+    numpy's own floats convert from float64 directly. ml_dtypes' (bfloat16, float8) convert
+    through float32, rounding twice: a value just above a bfloat16 midpoint can land on it in
+    float32 and then tie to even, downwards. So those are rounded to float32 *to odd*
+    (truncated, lowest bit set when inexact), which makes the second rounding the correct one
+    (float32 has more than two bits beyond any of them, over a wider exponent range).
+    """
+    dtype = np.dtype(dtype)
+    v = np.asarray(values, dtype=np.float64)
+    if dtype.kind != "V":
+        return v.astype(dtype)
+    with np.errstate(over="ignore"):
+        f = v.astype(np.float32)
+    away = np.abs(f.astype(np.float64)) > np.abs(v)  # rounded up in magnitude (or to inf)
+    f = np.where(away, np.nextafter(f, np.float32(0)), f)
+    bits = f.view(np.uint32)
+    bits |= (f.astype(np.float64) != v) & ~np.isnan(v)
+    return f.astype(dtype)

@@ -9,6 +9,7 @@ without changing the graph; the fold later drops whatever became unused.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,8 +105,12 @@ class ConstantResolver:
                 return None
             overridable |= const.overridable
             feeds[name] = const.array
-        args = [feeds.get(n) if n else None for n in names]
-        result = _numpy_eval(node, args)
+        try:
+            if _legacy_broadcast(node, feeds):
+                feeds["in1"] = _align(feeds["in1"], node, feeds["in0"].ndim)
+            result = _numpy_eval(node, [feeds.get(n) if n else None for n in names])
+        except Exception:  # an ill-formed constant subgraph is not a constant, not a crash
+            return None
         if result is NotImplemented:
             result = _run_single(node, names, feeds)
         if result is None or result.size > _MAX_EVAL_ELEMENTS:
@@ -128,51 +133,85 @@ def _constant_node_value(node: ir.Node) -> np.ndarray | None:
     return None
 
 
-def _axes(node: ir.Node, args: list, rank: int) -> list[int] | None:
-    attr = node.attributes.get("axes")
-    axes = (
-        list(attr.as_ints())
-        if attr is not None
-        else (
-            [int(a) for a in args[1].reshape(-1)] if len(args) > 1 and args[1] is not None else None
-        )
+def _legacy_broadcast(node: ir.Node, feeds: dict[str, np.ndarray]) -> bool:
+    """Whether ``node`` is an opset < 7 binary op with ``broadcast=1`` on constant inputs."""
+    flag = node.attributes.get("broadcast")
+    return (
+        node.op_type in ("Add", "Sub", "Mul", "Div")
+        and flag is not None
+        and flag.as_int() == 1
+        and "in0" in feeds
+        and "in1" in feeds
     )
-    return None if axes is None else sorted(a + rank if a < 0 else a for a in axes)
+
+
+def _align(b: np.ndarray, node: ir.Node, rank: int) -> np.ndarray:
+    """B of a legacy broadcast, reshaped so that numpy broadcasting matches ONNX's.
+
+    Before opset 7, ``broadcast=1`` matched B's dims to A's starting at ``axis`` (default: B's
+    dims are A's last), where numpy always aligns the trailing dims.
+    """
+    axis = node.attributes.get_int("axis", rank - b.ndim)
+    axis = axis + rank if axis < 0 else axis
+    return b.reshape(b.shape + (1,) * (rank - axis - b.ndim))
+
+
+def _axes(node: ir.Node, args: list) -> tuple[int, ...] | None:
+    """Unsqueeze/Squeeze axes: an attribute before opset 13, the second input from 13."""
+    attr = node.attributes.get("axes")
+    if attr is not None:
+        return tuple(attr.as_ints())
+    if len(args) > 1 and args[1] is not None:
+        return tuple(int(a) for a in args[1].reshape(-1))
+    return None
+
+
+def _small_shape(shape: tuple[int, ...]) -> bool:
+    return all(d >= 0 for d in shape) and math.prod(shape) <= _MAX_EVAL_ELEMENTS
 
 
 def _numpy_eval(node: ir.Node, args: list):
-    """numpy implementations of the shape-like ops exporters wrap constants in."""
+    """numpy implementations of the shape-like ops exporters wrap constants in.
+
+    None when the result would be too large to be worth evaluating.
+    """
     op, x = node.op_type, args[0] if args else None
     attrs = node.attributes
-    if op in ("Identity",):
-        return x
-    if op == "Unsqueeze":
-        axes = _axes(node, args, x.ndim + len(_axes(node, args, 0) or []))
-        return None if axes is None else np.expand_dims(x, tuple(axes))
+    if op == "Unsqueeze":  # numpy, like ONNX, counts negative axes in the output's rank
+        axes = _axes(node, args)
+        return None if axes is None else np.expand_dims(x, axes)
     if op == "Squeeze":
-        axes = _axes(node, args, x.ndim)
-        return np.squeeze(x) if axes is None else np.squeeze(x, tuple(axes))
+        axes = _axes(node, args)
+        return np.squeeze(x) if axes is None else np.squeeze(x, axes)
     if op == "Reshape":
-        shape = [int(d) for d in args[1].reshape(-1)]
+        if len(args) > 1:
+            shape = [int(d) for d in args[1].reshape(-1)]
+        else:  # Reshape-1 (opset < 5): the shape is an attribute
+            shape = list(attrs["shape"].as_ints())
         allow_zero = attrs.get("allowzero")
         if not (allow_zero is not None and allow_zero.as_int()):
             shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
         return x.reshape(shape)
     if op == "Expand":
-        shape = [int(d) for d in args[1].reshape(-1)]
-        return x * np.ones(shape, dtype=x.dtype)
+        shape = np.broadcast_shapes(x.shape, tuple(int(d) for d in args[1].reshape(-1)))
+        return np.broadcast_to(x, shape).copy() if _small_shape(shape) else None
     if op == "CastLike":
         return x.astype(args[1].dtype)
     if op == "Cast":
-        return x.astype(ir.DataType(attrs["to"].as_int()).numpy())
-    if op == "Concat":
-        return np.concatenate([a for a in args if a is not None], axis=attrs["axis"].as_int())
+        to = attrs["to"]
+        if to.type == ir.AttributeType.STRING:  # Cast-1 (opset < 6): "FLOAT", "INT64", ...
+            return x.astype(ir.DataType[to.as_string()].numpy())
+        return x.astype(ir.DataType(to.as_int()).numpy())
+    if op == "Concat":  # axis was optional (default 1) in Concat-1
+        axis = attrs.get_int("axis", 1)
+        return np.concatenate([a for a in args if a is not None], axis=axis)
     if op == "ConstantOfShape":
         fill = attrs.get("value")
         value = (
             fill.as_tensor().numpy().reshape(-1) if fill is not None else np.zeros(1, np.float32)
         )
-        return np.full([int(d) for d in x.reshape(-1)], value[0], dtype=value.dtype)
+        shape = tuple(int(d) for d in x.reshape(-1))
+        return np.full(shape, value[0], dtype=value.dtype) if _small_shape(shape) else None
     if op in ("Add", "Sub", "Mul") and x.dtype == args[1].dtype:
         return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](x, args[1])
     if op == "Neg":

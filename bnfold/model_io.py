@@ -95,7 +95,6 @@ class StagedModel:
         self.folder = folder
         self.dest = dest
         self._names = names
-        self.committed = False
 
     @property
     def path(self) -> Path:
@@ -110,7 +109,6 @@ class StagedModel:
         """Move the files into place: data first, so a model never points at missing data."""
         for name in reversed(self._names):
             os.replace(self.folder / name, self.dest.parent / name)
-        self.committed = True
         return self.files
 
 
@@ -167,10 +165,8 @@ def staged_save(
         else:
             try:
                 write_inline(model, staged)
-            except BadInputError:
-                raise BadInputError(
-                    dest, "model exceeds 2 GB; save it with external data"
-                ) from None
+            except BadInputError as exc:  # name the destination, not the staged file
+                raise BadInputError(dest, exc.problem) from None
             names = [dest.name]
         yield StagedModel(tmp, dest, names)
 
@@ -230,15 +226,32 @@ def write_inline(model: ir.Model, path: Path) -> int:
     """
     values = [v for v in model.graph.initializers.values() if _streamable(v.const_value)]
     originals = [v.const_value for v in values]
+    # subgraph initializers are serialized inside their nodes: an external one is read in
+    # (through a lazy wrapper), or the file would point at the input's data file
+    inner = [
+        v
+        for g in model.graphs()
+        if g is not model.graph
+        for v in g.initializers.values()
+        if isinstance(v.const_value, ir.ExternalTensor)
+    ]
+    swapped = [(v, v.const_value) for v in (*values, *inner)]
     try:
         for i, (value, tensor) in enumerate(zip(values, originals, strict=True)):
             value.const_value = ir.ExternalTensor(
                 _STREAM_LOCATION, i, tensor.nbytes, tensor.dtype,
                 shape=tensor.shape, name=tensor.name or value.name,
+                doc_string=tensor.doc_string, metadata_props=dict(tensor.metadata_props),
+            )  # fmt: skip
+        for value in inner:
+            t = value.const_value
+            value.const_value = ir.LazyTensor(
+                lambda t=t: t, t.dtype, t.shape,
+                name=t.name, doc_string=t.doc_string, metadata_props=dict(t.metadata_props),
             )  # fmt: skip
         proto = ir.to_proto(model)
     finally:
-        for value, tensor in zip(values, originals, strict=True):
+        for value, tensor in swapped:
             value.const_value = tensor
     parts: list[tuple[bytes, ir.TensorProtocol | None, int]] = []  # (bytes, tensor to stream, n)
     for tp in proto.graph.initializer:

@@ -206,3 +206,145 @@ def test_function_fold_counts_the_bn_parameters_it_frees():
     ref = ort.InferenceSession(model.SerializeToString(), so).run(None, {"x": x})[0]
     got = ort.InferenceSession(folded.SerializeToString(), so).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+
+def test_bfloat16_weight_is_rounded_once():
+    """Bug: ml_dtypes converts float64 to bfloat16 through float32, so a folded product just
+    above a bfloat16 midpoint landed on it in float32 and then tied to even, downwards: the
+    weight was rounded twice, not once as documented. Fixed in arithmetic.cast_to (round to
+    odd in float32 first), used by _scale_into for ml_dtypes' types."""
+    ml_dtypes = __import__("pytest").importorskip("ml_dtypes")
+    from bnfold.arithmetic import WeightLayout, cast_to, scale_weight
+
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    # bfloat16 has 1.0 and 1.0078125 around 1; 1.00390625 is the midpoint
+    scale = np.array([1.00390625 + 2.0**-40, 1.00390625 - 2.0**-40, 1.00390625])
+    w = np.ones((3, 1), dtype=bf16)
+    got = scale_weight(w, scale, WeightLayout.AXIS0).astype(np.float64).reshape(-1)
+    np.testing.assert_array_equal(got, [1.0078125, 1.0, 1.0])  # the exact tie goes to even
+    # 2**-133 is bfloat16's smallest subnormal; 2**-134 + 2**-150 is just above half of it
+    # (float32 would first round it to 2**-134 exactly, then that tie to 0)
+    values = np.array([np.inf, -1e39, 0.0, 2.0**-133, 2.0**-134 + 2.0**-150, -(2.0**-149)])
+    np.testing.assert_array_equal(
+        cast_to(values, bf16).astype(np.float64), [np.inf, -np.inf, 0, 2.0**-133, 2.0**-133, 0]
+    )
+    assert np.isnan(cast_to(np.array([np.nan]), bf16).astype(np.float64)[0])
+
+
+def test_constant_evaluation_of_legacy_op_forms():
+    """Bug: the constant evaluator only knew the current forms of some ops: Reshape-1 (shape
+    attribute) raised IndexError, Cast-1 (``to`` a string) TypeError, Concat-1 without its
+    optional axis KeyError, crashing the fold; and Add/Sub/Mul/Div with ``broadcast=1``
+    (opset < 7, B aligned at ``axis``) were broadcast numpy's way: wrong values or a crash.
+    Fixed in constants.py (_numpy_eval, _align); an ill-formed constant subgraph now counts
+    as not constant instead of raising."""
+    import onnx_ir as ir
+    from onnx import helper, numpy_helper
+
+    from bnfold.constants import ConstantResolver
+
+    def resolve(node, inits, opset):
+        graph = helper.make_graph(
+            [node], "g", [], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(v, k) for k, v in inits.items()],
+        )  # fmt: skip
+        model = ir.from_proto(
+            helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        )
+        return ConstantResolver().array(model.graph.outputs[0])
+
+    a = np.arange(6, dtype=np.float32)
+    got = resolve(helper.make_node("Reshape", ["a"], ["y"], shape=[2, 3]), {"a": a}, 4)
+    np.testing.assert_array_equal(got, a.reshape(2, 3))
+    got = resolve(helper.make_node("Cast", ["a"], ["y"], to="DOUBLE"), {"a": a}, 5)
+    assert got.dtype == np.float64
+    got = resolve(helper.make_node("Concat", ["b", "b"], ["y"]), {"b": a.reshape(2, 3)}, 3)
+    assert got.shape == (2, 6)
+    x, c = np.ones((1, 3, 2, 1), np.float32), np.array([10, 20, 30], np.float32)
+    for op, fn in (("Add", np.add), ("Sub", np.subtract), ("Mul", np.multiply), ("Div", np.divide)):
+        node = helper.make_node(op, ["x", "c"], ["y"], broadcast=1, axis=1)
+        got = resolve(node, {"x": x, "c": c}, 6)
+        np.testing.assert_allclose(got, fn(x, c.reshape(1, 3, 1, 1)))
+    node = helper.make_node("Add", ["b", "c"], ["y"], broadcast=1, axis=0)
+    got = resolve(node, {"b": a.reshape(2, 3), "c": np.array([10, 20], np.float32)}, 6)
+    np.testing.assert_array_equal(got, a.reshape(2, 3) + [[10], [20]])
+    bad = helper.make_node("Reshape", ["a", "s"], ["y"])
+    assert resolve(bad, {"a": a, "s": np.array([4, 4], np.int64)}, 13) is None
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    """Bug: atomic_path made its temporary with tempfile.mkstemp (mode 0600) and renamed it
+    into place, so reports, plots and checkpoints were readable by their owner only, unlike
+    the models bnfold writes. Fixed in atomic._create_temporary (0666 less the umask)."""
+    import os
+
+    from bnfold import atomic
+
+    old = os.umask(0o022)
+    try:
+        atomic.write_text(tmp_path / "report.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_inline_save_keeps_tensor_docs_and_reads_in_subgraph_external_data(tmp_path):
+    """Bug: model_io.write_inline (``save(..., external_data=False)``) put placeholder tensors
+    without the originals' doc_string and metadata_props, so those were lost; and it left
+    external initializers of subgraphs (If branches) as references to the *input's* data
+    file, relative to the output, which then did not load. Fixed in write_inline: the
+    placeholders carry both, and subgraph external tensors are read in."""
+    from onnx import helper, numpy_helper
+
+    w = numpy_helper.from_array(np.full((4, 3, 3, 3), 0.1, np.float32), "W")
+    w.doc_string = "conv weight"
+    w.metadata_props.add(key="k", value="v")
+    branches = []
+    for tag, scale in (("then", 0.2), ("else", 0.3)):
+        inner = numpy_helper.from_array(np.full((4, 3, 3, 3), scale, np.float32), f"W_{tag}")
+        branches.append(
+            helper.make_graph(
+                [helper.make_node("Conv", ["x", f"W_{tag}"], [f"y_{tag}"], pads=[1] * 4)],
+                tag,
+                [],
+                [helper.make_tensor_value_info(f"y_{tag}", 1, [1, 4, 8, 8])],
+                [inner],
+            )
+        )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "W"], ["c"], pads=[1] * 4),
+            helper.make_node("If", ["cond"], ["y"], then_branch=branches[0], else_branch=branches[1]),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", 1, [1, 3, 8, 8]),
+            helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info(n, 1, [1, 4, 8, 8]) for n in ("c", "y")],
+        [w],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (tmp_path / "in").mkdir()
+    src = tmp_path / "in" / "m.onnx"
+    onnx.save_model(
+        model, src, save_as_external_data=True, location="m.onnx.data", size_threshold=0
+    )
+    out = tmp_path / "out" / "m.onnx"
+    bnfold.fold(src).save(out, external_data=False)
+    saved = onnx.load(out, load_external_data=False)
+    assert not [t.name for t in saved.graph.initializer if t.external_data]
+    for branch in saved.graph.node[-1].attribute:
+        assert not [t.name for t in branch.g.initializer if t.external_data], branch.name
+    (tensor,) = [t for t in saved.graph.initializer if t.name == "W"]
+    assert tensor.doc_string == "conv weight"
+    assert {(p.key, p.value) for p in tensor.metadata_props} == {("k", "v")}
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    for cond in (True, False):
+        feeds = {"x": x, "cond": np.array(cond)}
+        ref = ort.InferenceSession(str(src)).run(None, feeds)
+        got = ort.InferenceSession(str(out)).run(None, feeds)
+        for a, b in zip(got, ref, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
