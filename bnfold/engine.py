@@ -13,7 +13,14 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common
 
-from bnfold.arithmetic import Affine, fold_bias, range_problem, scale_weight, scaled_weight_problem
+from bnfold.arithmetic import (
+    Affine,
+    cast_to,
+    fold_bias,
+    range_problem,
+    scale_weight,
+    scaled_weight_problem,
+)
 from bnfold.folded_weight import FoldedWeight
 from bnfold.folds.batchnorm import batchnorm_affine_of, batchnorm_refusal
 from bnfold.folds.common import (
@@ -241,7 +248,7 @@ def _apply(
     w_value = _new_constant(ctx, graph, f"{label}/folded_weight", weight, layer.node, src_value)
     b_value = None
     if bias64 is not None:
-        bias_tensor = ir.tensor(bias64.astype(layer.dtype))
+        bias_tensor = ir.tensor(cast_to(bias64, layer.dtype))
         b_value = _new_constant(
             ctx, graph, f"{label}/folded_bias", bias_tensor, layer.node, src_value
         )

@@ -348,3 +348,40 @@ def test_inline_save_keeps_tensor_docs_and_reads_in_subgraph_external_data(tmp_p
         got = ort.InferenceSession(str(out)).run(None, feeds)
         for a, b in zip(got, ref, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_bias_is_rounded_once():
+    """Bug: the folded bias was cast with ``astype`` (ml_dtypes rounds float64 -> bfloat16
+    through float32, twice), so a bias just above a bfloat16 midpoint came out one step low.
+    gamma 1, var 1, eps 0, mean -2**-40, beta 2**-8 and a Conv bias of 1 fold to exactly
+    1 + 2**-8 + 2**-40: nearest bfloat16 1.0078125, double rounding 1.0."""
+    ml_dtypes = __import__("pytest").importorskip("ml_dtypes")
+    from onnx import helper, numpy_helper
+
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+
+    def t(name, values):
+        return numpy_helper.from_array(np.asarray(values, dtype=np.float64).astype(bf16), name)
+
+    inits = [
+        t("w", np.ones((1, 1, 1, 1))), t("b", [1.0]), t("g", [1.0]), t("beta", [2.0**-8]),
+        t("m", [-(2.0**-40)]), t("v", [1.0]),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"]),
+        helper.make_node("BatchNormalization", ["c", "g", "beta", "m", "v"], ["y"], epsilon=0.0),
+    ]
+    bf = onnx.TensorProto.BFLOAT16
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", bf, [1, 1, 2, 2])],
+        [helper.make_tensor_value_info("y", bf, [1, 1, 2, 2])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+    result = bnfold.fold(model)
+    assert result.report.bn_folded == 1
+    conv = next(n for n in result.model.graph if n.op_type == "Conv")
+    bias = conv.inputs[2].const_value.numpy().astype(np.float64)
+    np.testing.assert_array_equal(bias, [1.0078125])
