@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -83,7 +82,7 @@ def bench(
             write_plot(result, plot)
     Console(width=max(Console().width, 160)).print(result.render())
     if json_path is not None:
-        atomic.write_text(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
+        atomic.write_json(json_path, result.to_dict())
     if fail_if_slower is not None:
         slow = result.slower_than(fail_if_slower)
         if slow:

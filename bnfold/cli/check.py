@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -65,6 +64,6 @@ def check(
         result = check_models(reference, candidate, options)
     Console(width=max(Console().width, 160)).print(result.render())
     if json_path is not None:
-        atomic.write_text(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
+        atomic.write_json(json_path, result.to_dict())
     if not result.passed:
         raise typer.Exit(1)

@@ -5,7 +5,6 @@ torch is imported inside the command functions, so ``bnfold --help`` works witho
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -185,7 +184,7 @@ def export(
         f"on {result.verify_batch} digits"
     )
     if json_path is not None:
-        atomic.write_text(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
+        atomic.write_json(json_path, result.to_dict())
 
 
 @app.command()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +17,8 @@ __all__ = ["CompareFiles", "TrainFiles", "compare_to_dir", "run_name", "train_to
 
 
 def write_json(data: dict, path: str | os.PathLike) -> Path:
-    """Write ``data`` as indented JSON with a trailing newline."""
-    p = Path(path)
-    atomic.write_text(p, json.dumps(data, indent=2) + "\n")
-    return p
+    """Write ``data`` as indented JSON with a trailing newline (atomically)."""
+    return atomic.write_json(path, data)
 
 
 def run_name(config: TrainConfig) -> str:
