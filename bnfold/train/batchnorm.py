@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "BatchNorm1d",
@@ -46,50 +47,96 @@ def _channel_view(t: Tensor, ndim: int) -> Tensor:
     return t.reshape((1, -1) + (1,) * (ndim - 2))
 
 
+def _reduce_dims(ndim: int) -> tuple[int, ...]:
+    """The batch axis and every spatial axis: all but the channel axis 1."""
+    return (0, *range(2, ndim))
+
+
 class BatchNormFunction(torch.autograd.Function):
-    """Algorithm 1 forward, with the paper's backward equations for x, gamma and beta.
+    r"""Algorithm 1 forward, with the paper's backward equations for x, gamma and beta.
 
     ``forward(x, gamma, beta, eps) -> (y, batch_mean, batch_var)``; ``gamma``/``beta`` may be
     ``None`` (affine=False). The batch statistics are returned for the running averages and carry
-    no gradient.
+    no gradient. Double backward is not supported (``once_differentiable``).
+
+    Per channel, over the ``m`` values ``x_i`` of the mini-batch (batch and spatial axes), with
+    ``s = 1 / sqrt(sigma^2 + eps)``::
+
+        mu      = (1/m) sum_i x_i
+        sigma^2 = (1/m) sum_i (x_i - mu)^2            (biased)
+        xhat_i  = (x_i - mu) * s
+        y_i     = gamma * xhat_i + beta
+
+    The paper's gradient equations (Ioffe & Szegedy 2015, section 3), with
+    ``dxhat_i = dl/dxhat_i = gamma * dy_i``::
+
+        dl/dsigma^2 = sum_i dxhat_i (x_i - mu) * (-1/2) s^3
+        dl/dmu      = sum_i dxhat_i * (-s) + dl/dsigma^2 * sum_i -2 (x_i - mu) / m
+        dl/dx_i     = dxhat_i * s + dl/dsigma^2 * 2 (x_i - mu) / m + dl/dmu / m
+        dl/dgamma   = sum_i dy_i xhat_i
+        dl/dbeta    = sum_i dy_i
+
+    Since ``sum_i (x_i - mu) = 0`` the second term of ``dl/dmu`` vanishes, so
+    ``dl/dmu = -s sum_i dxhat_i``; and ``x_i - mu = xhat_i / s`` gives
+    ``dl/dsigma^2 = -(1/2) s^2 sum_i dxhat_i xhat_i``. Substituting both::
+
+        dl/dx_i = s dxhat_i - (s/m) xhat_i sum_j dxhat_j xhat_j - (s/m) sum_j dxhat_j
+                = (1/m) s (m dxhat_i - sum_j dxhat_j - xhat_i sum_j dxhat_j xhat_j)
+
+    and with ``sum_j dxhat_j = gamma dl/dbeta`` and ``sum_j dxhat_j xhat_j = gamma dl/dgamma``::
+
+        dl/dx_i = gamma s (dy_i - dl/dbeta / m - xhat_i dl/dgamma / m)
+
+    So the backward pass needs two per-channel sums, ``sum dy`` (``= dl/dbeta``) and
+    ``sum dy (x - mu)`` (``= dl/dgamma / s``), and one elementwise expression; the forward pass
+    saves only ``x``, ``mu`` and ``s`` (no full-size tensor beyond the input).
+
+    The work is arranged for few passes over memory and few full-size allocations (one in the
+    forward pass, ``y``; one in the backward pass, ``dx``), as torch's own kernel does: ``y`` first
+    holds ``x - mu`` squared in place for the variance (a two-pass variance, as accurate as the
+    textbook formula), then ``(x - mu) * gamma s + beta``; the backward buffer first holds
+    ``dy (x - mu)`` for its sum, then ``dx``. Per-channel factors are folded into ``(1, C, 1, ...)``
+    tensors first, so only binary broadcasts and in-place ``addcmul_`` touch full tensors.
+    Neither ``torch.var_mean`` (a Welford reduction: 4.7 ms against 0.45 ms for mean, subtract
+    and sum of squares at 64x64x16x16 on one CPU thread) nor a ternary ``torch.addcmul`` with two
+    broadcast operands (about 5x a binary broadcast) is used.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, gamma: Tensor | None, beta: Tensor | None, eps: float):
-        dims = [0, *range(2, x.ndim)]
+        dims = _reduce_dims(x.ndim)
+        m = x.numel() // x.shape[1]
         mean = x.mean(dim=dims, keepdim=True)  # mu_B
-        xc = x - mean
-        var = (xc * xc).mean(dim=dims, keepdim=True)  # sigma_B^2, biased
-        invstd = torch.rsqrt(var + eps)
-        xhat = xc * invstd
-        y = xhat
-        if gamma is not None:
-            y = y * _channel_view(gamma, x.ndim)
+        y = x - mean  # the only full-size allocation
+        var = y.mul_(y).sum(dim=dims, keepdim=True).div_(m)  # sigma_B^2, biased
+        invstd = torch.rsqrt(var + eps)  # s
+        scale = invstd if gamma is None else invstd * _channel_view(gamma, x.ndim)
+        torch.sub(x, mean, out=y).mul_(scale)  # gamma * xhat
         if beta is not None:
-            y = y + _channel_view(beta, x.ndim)
-        ctx.save_for_backward(xc, invstd, gamma)
+            y.add_(_channel_view(beta, x.ndim))
+        ctx.save_for_backward(x, mean, invstd, gamma)
         ctx.mark_non_differentiable(mean, var)
         return y, mean.reshape(-1), var.reshape(-1)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy: Tensor, _dmean: Tensor | None, _dvar: Tensor | None):
-        xc, invstd, gamma = ctx.saved_tensors
-        dims = [0, *range(2, dy.ndim)]
+        x, mean, invstd, gamma = ctx.saved_tensors
+        dims = _reduce_dims(dy.ndim)
         m = dy.numel() // dy.shape[1]
-        dxhat = dy if gamma is None else dy * _channel_view(gamma, dy.ndim)
-        # dl/dsigma^2 = sum dxhat * (x - mu) * -1/2 * (sigma^2 + eps)^(-3/2)
-        dvar = (dxhat * xc).sum(dim=dims, keepdim=True) * (-0.5 * invstd**3)
-        # dl/dmu = sum dxhat * -1/sqrt(sigma^2 + eps) + dl/dsigma^2 * sum -2 (x - mu) / m
-        dmean = (dxhat * -invstd).sum(dim=dims, keepdim=True) + dvar * (-2.0 * xc).sum(
-            dim=dims, keepdim=True
-        ) / m
-        # dl/dx = dxhat / sqrt(sigma^2 + eps) + dl/dsigma^2 * 2 (x - mu) / m + dl/dmu / m
-        dx = dxhat * invstd + dvar * (2.0 * xc / m) + dmean / m
-        dgamma = dbeta = None
+        sum_dy = dy.sum(dim=dims, keepdim=True)  # dl/dbeta
+        buf = x - mean  # the only full-size allocation, returned as dx
+        sum_dy_xc = buf.mul_(dy).sum(dim=dims, keepdim=True)  # dl/dgamma / s
+        dx = dgamma = dbeta = None
+        if ctx.needs_input_grad[0]:
+            # dx = gamma s (dy - dl/dbeta / m - (x - mu) s^2 sum(dy (x - mu)) / m)
+            scale = invstd if gamma is None else invstd * _channel_view(gamma, dy.ndim)
+            torch.sub(x, mean, out=buf).mul_(sum_dy_xc * invstd * invstd * scale / -m)
+            dx = buf.addcmul_(dy, scale).sub_(sum_dy * scale / m)
         if ctx.needs_input_grad[1]:
-            dgamma = (dy * xc * invstd).sum(dim=dims)  # sum dy * xhat
+            dgamma = (sum_dy_xc * invstd).reshape(-1)  # sum dy * xhat
         if ctx.needs_input_grad[2]:
-            dbeta = dy.sum(dim=dims)
+            dbeta = sum_dy.reshape(-1)
         return dx, dgamma, dbeta, None
 
 

@@ -137,6 +137,76 @@ def test_gradcheck_float64(shape, affine):
     assert torch.autograd.gradcheck(f, (x, gamma, beta), eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "wanted", [(True, False, False), (False, True, True), (False, True, False)], ids=str
+)
+def test_gradcheck_float64_when_only_some_inputs_need_grad(wanted):
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(3, 4, 2, 3, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_(
+        wanted[0]
+    )
+    gamma = torch.randn(4, generator=g, dtype=torch.float64).requires_grad_(wanted[1])
+    beta = torch.randn(4, generator=g, dtype=torch.float64).requires_grad_(wanted[2])
+
+    def f(x, gamma, beta):
+        return batch_norm_train(x, gamma, beta, 1e-5)[0]
+
+    assert torch.autograd.gradcheck(f, (x, gamma, beta), eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_strided_input_and_expanded_gradient_match_torch(dtype):
+    """channels_last and sliced inputs, and an expanded (stride-0) upstream gradient."""
+    base = batch((6, 5, 8, 9), dtype, seed=3)
+    inputs = {
+        "channels_last": base.contiguous(memory_format=torch.channels_last),
+        "sliced": base[:, :, ::2, 1:],
+    }
+    for name, x in inputs.items():
+        ref, tm = make_pair(BatchNorm2d, torch.nn.BatchNorm2d, dtype)
+        step(ref, tm, x, dtype)
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y1, y2 = ref(x1), tm(x2)
+        g = batch((1, 1, *x.shape[2:]), dtype, seed=8).expand_as(y1)
+        assert g.stride()[:2] == (0, 0)
+        y1.backward(g)
+        y2.backward(g)
+        assert x1.grad.abs().max() > 0.1, name
+        assert_close(x1.grad, x2.grad, dtype)
+        assert_close(ref.weight.grad, tm.weight.grad, dtype)
+        assert_close(ref.bias.grad, tm.bias.grad, dtype)
+        assert_close(ref.running_var, tm.running_var, dtype)
+
+
+def test_forward_and_backward_leave_the_input_untouched():
+    x = batch((4, 5, 3, 3), torch.float32, seed=4)
+    before = x.clone()
+    xi = x.requires_grad_()
+    BatchNorm2d(5)(xi).backward(torch.randn(4, 5, 3, 3))
+    assert torch.equal(x.detach(), before)
+
+
+def test_input_changed_in_place_before_backward_is_an_error():
+    """The forward pass saves x itself; autograd must notice if it changes."""
+    x = batch((4, 5, 3, 3), torch.float32, seed=5)
+    leaf = x.clone().requires_grad_()
+    xi = leaf * 1.0
+    y = BatchNorm2d(5)(xi)
+    with torch.no_grad():
+        xi.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_double_backward_is_refused_not_silently_wrong():
+    """Regression: the first-order backward is not itself differentiable through x."""
+    x = batch((4, 3, 2, 2), torch.float64, seed=6).requires_grad_()
+    y = BatchNorm2d(3, dtype=torch.float64)(x)
+    (dx,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        dx.sum().backward()
+
+
 def test_backward_is_hand_written_not_torch_batch_norm():
     x = torch.randn(4, 3, 2, 2, requires_grad=True)
     y = BatchNorm2d(3)(x)
