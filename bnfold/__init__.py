@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bnfold.api import FoldResult, fold, fold_file
 from bnfold.errors import BadInputError, BnfoldError, VerificationError
-from bnfold.folds.common import FoldOptions
+from bnfold.folds.context import FoldOptions
 from bnfold.report import FoldReport
 
 __version__ = "0.1.0"

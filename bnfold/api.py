@@ -13,8 +13,8 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.engine import FoldPass
-from bnfold.errors import BadInputError, VerificationError
-from bnfold.folds.common import FoldOptions
+from bnfold.errors import BadInputError, UsageError, VerificationError
+from bnfold.folds.context import FoldOptions
 from bnfold.model_io import load_model, save_model, staged_save, validate_model
 from bnfold.report import FoldReport
 
@@ -61,6 +61,7 @@ def fold(
     *,
     allow_initializer_inputs: bool = True,
     affine: bool = True,
+    forward: str = "exact",
 ) -> FoldResult:
     """Fold every foldable BatchNormalization of ``model``.
 
@@ -69,23 +70,24 @@ def fold(
     ``allow_initializer_inputs=False``, parameters that are initializers *and* graph inputs
     (IR < 4 exporters) are refused instead of treated as constants. With ``affine=False`` only
     BatchNormalization (and an Add between a linear layer and a BN) is folded, not standalone
-    per-channel Mul/Add/Sub/Div.
+    per-channel Mul/Add/Sub/Div. ``forward``: "exact" (default) also folds a BN into the layers
+    after it and through activations where that is exact, "off" only into the layer before it.
     """
     start = time.perf_counter()
     ir_model, path = as_ir_model(model)
     if path is None:
         validate_model(ir_model)
     loaded = time.perf_counter()
-    fold_pass = FoldPass(
-        FoldOptions(allow_initializer_inputs=allow_initializer_inputs, affine=affine)
-    )
     try:
-        fold_pass(ir_model)
+        options = FoldOptions(allow_initializer_inputs, affine, forward)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        report = FoldPass(options).call(ir_model).report
     except BadInputError as exc:
         if exc.path is None and path is not None:
             raise BadInputError(path, exc.problem) from None
         raise
-    report = fold_pass.report
     report.model = path
     report.timings["load"] = loaded - start
     report.timings["fold"] = time.perf_counter() - loaded
@@ -100,6 +102,7 @@ def fold_file(
     force: bool = False,
     allow_initializer_inputs: bool = True,
     affine: bool = True,
+    forward: str = "exact",
     progress: Callable[[int, int], None] | None = None,
 ) -> FoldResult:
     """Fold ``model`` into ``output``, verifying the written file before it is put in place.
@@ -109,7 +112,9 @@ def fold_file(
     ``result`` is the FoldResult, whose ``report.verify`` holds the comparison), unless ``force``
     (then it is written and the report marked). Nothing folded means nothing to verify.
     """
-    result = fold(model, allow_initializer_inputs=allow_initializer_inputs, affine=affine)
+    result = fold(
+        model, allow_initializer_inputs=allow_initializer_inputs, affine=affine, forward=forward
+    )
     start = time.perf_counter()
     with staged_save(result.model, output, progress=progress) as staged:
         result.report.timings["save"] = time.perf_counter() - start

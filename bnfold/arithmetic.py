@@ -1,41 +1,55 @@
 """The fold arithmetic: numpy in, numpy out, no graph.
 
-A per-channel affine map ``y = s * z + t`` (BatchNormalization in inference, or a per-channel
-Mul/Add) applied to a linear layer's output ``z = W x + b`` is the linear layer
-``y = (s W) x + (s b + t)``. For BatchNormalization::
+Backward (into the producer): a per-channel affine map ``y = s * z + t`` (BatchNormalization in
+inference, or a per-channel Mul/Add) applied to a linear layer's output ``z = W x + b`` is the
+linear layer ``y = (s W) x + (s b + t)``: the weight is scaled along its OUTPUT-channel axis.
+For BatchNormalization::
 
     s = gamma / sqrt(var + eps)
     t = beta - s * mean          so   b' = s * (b - mean) + beta
 
-The scale and shift are computed in float64 from the parameters; the weight is scaled in
-chunks of output channels, each chunk promoted to float64 and rounded once to the weight's
-dtype, so no whole-tensor float64 copy is ever made.
+Forward (into the consumer): a linear layer reading ``s * x + t`` computes
+``W (s x + t) + b = (W diag(s)) x + (b + W t)``: the weight is scaled along its INPUT-channel
+axis and the bias gains ``W t`` (:func:`input_shift`), exact where every output sees a full
+window of inputs (no padding).
+
+The scale and shift are computed in float64 from the parameters; a weight is scaled in chunks,
+each chunk promoted to float64 and rounded once to the weight's dtype, so no whole-tensor
+float64 copy is ever made.
 """
 
 from __future__ import annotations
 
-import mmap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import numpy as np
 
-try:
-    from numpy.lib.array_utils import byte_bounds
-except ImportError:  # numpy < 2
-    from numpy import byte_bounds
+from bnfold.pages import max_abs, release_pages
 
 # Work on at most this many bytes of float64 at a time while scaling a weight.
 _CHUNK_BYTES = 32 * 1024 * 1024
 
 
 class WeightLayout(Enum):
-    """Where the output channel lives in a weight tensor."""
+    """Which axis of a weight tensor is scaled, one factor per channel.
 
-    AXIS0 = "axis0"  # Conv (Cout, Cin/g, k...), Gemm with transB=1 (M, K)
-    AXIS1 = "axis1"  # Gemm with transB=0 and MatMul (K, M)
-    CONV_TRANSPOSE = "conv_transpose"  # (Cin, Cout/g, k...), output channel = g*(Cout/g) + j
+    AXIS0: axis 0. Output channels of Conv (Cout, Cin/g, k...) and of Gemm transB=1 (M, K);
+      input features of MatMul / Gemm transB=0 (K, M).
+    AXIS1: axis 1 of a 2-D weight. Output features of MatMul / Gemm transB=0 (K, M); input
+      features of Gemm transB=1 (M, K).
+    GROUPED_AXIS1: axis 1 of a grouped weight (D0, D1, k...): channel ``g * D1 + j`` is
+      ``W[g*D0/group:(g+1)*D0/group, j]``. Output channels of ConvTranspose (Cin, Cout/g, k...);
+      input channels of Conv (Cout, Cin/g, k...). (Scaling axis 1 by ``s[:D1]`` alone is wrong
+      for group > 1.)
+    """
+
+    AXIS0 = "axis0"
+    AXIS1 = "axis1"
+    GROUPED_AXIS1 = "grouped_axis1"
+    CONV_TRANSPOSE = "grouped_axis1"  # alias: ConvTranspose output channels
 
 
 @dataclass(frozen=True)
@@ -51,11 +65,25 @@ class Affine:
 
     @property
     def channels(self) -> int:
-        return self.scale.shape[0]
+        return int(self.scale.shape[0])
+
+    @classmethod
+    def identity(cls, channels: int) -> Affine:
+        return cls(np.ones(channels), np.zeros(channels))
 
     def then(self, other: Affine) -> Affine:
         """The map ``other(self(x))``."""
         return Affine(other.scale * self.scale, other.scale * self.shift + other.shift)
+
+    def repeat(self, block: int) -> Affine:
+        """Each channel repeated ``block`` times (channel c covers features c*block...)."""
+        if block == 1:
+            return self
+        return Affine(np.repeat(self.scale, block), np.repeat(self.shift, block))
+
+    @property
+    def has_shift(self) -> bool:
+        return bool(np.any(self.shift != 0))
 
 
 def batchnorm_affine(
@@ -67,8 +95,8 @@ def batchnorm_affine(
     return Affine(s, b - s * m)
 
 
-def output_channels(shape: tuple[int, ...], layout: WeightLayout, groups: int = 1) -> int:
-    """Number of output channels of a weight of ``shape``."""
+def scaled_channels(shape: tuple[int, ...], layout: WeightLayout, groups: int = 1) -> int:
+    """Number of channels along the scaled axis of a weight of ``shape``."""
     if layout is WeightLayout.AXIS0:
         return shape[0]
     if layout is WeightLayout.AXIS1:
@@ -76,21 +104,27 @@ def output_channels(shape: tuple[int, ...], layout: WeightLayout, groups: int = 
     return shape[1] * groups
 
 
+output_channels = scaled_channels  # the name backward folds read it by
+
+
+Index = tuple[slice, ...]
+
+
 def _chunks(
     w: np.ndarray, scale: np.ndarray, layout: WeightLayout, groups: int
-) -> Iterator[tuple[tuple, np.ndarray, np.ndarray]]:
+) -> Iterator[tuple[Index, np.ndarray, np.ndarray]]:
     """Yield ``(index, w_chunk, scale_chunk)`` with ``scale_chunk`` broadcastable to the chunk.
 
     ``index`` addresses the chunk in ``w`` reshaped by :func:`_grouped_shape`.
     """
-    n_out = output_channels(w.shape, layout, groups)
-    if scale.shape != (n_out,):
-        raise ValueError(f"scale has shape {scale.shape}, weight has {n_out} output channels")
-    if layout is WeightLayout.CONV_TRANSPOSE:
-        if w.shape[0] % groups:
-            raise ValueError(
-                f"ConvTranspose weight dim 0 ({w.shape[0]}) not divisible by group={groups}"
-            )
+    n = scaled_channels(w.shape, layout, groups)
+    if scale.shape != (n,):
+        raise ValueError(f"scale has shape {scale.shape}, weight has {n} channels on that axis")
+    if layout is WeightLayout.AXIS1 and w.ndim != 2:
+        raise ValueError(f"AXIS1 scales a 2-D weight, not one of shape {w.shape}")
+    if layout is WeightLayout.GROUPED_AXIS1:
+        if groups < 1 or w.shape[0] % groups:
+            raise ValueError(f"weight dim 0 ({w.shape[0]}) not divisible by group={groups}")
         src = w.reshape(_grouped_shape(w.shape, layout, groups))
         s = scale.reshape(groups, 1, w.shape[1], *([1] * (w.ndim - 2)))
         row = int(np.prod(src.shape[2:])) * groups * 8
@@ -111,7 +145,7 @@ def _chunks(
 
 
 def _grouped_shape(shape: tuple[int, ...], layout: WeightLayout, groups: int) -> tuple[int, ...]:
-    if layout is WeightLayout.CONV_TRANSPOSE:
+    if layout is WeightLayout.GROUPED_AXIS1:
         return (groups, shape[0] // groups, shape[1], *shape[2:])
     return tuple(shape)
 
@@ -119,7 +153,7 @@ def _grouped_shape(shape: tuple[int, ...], layout: WeightLayout, groups: int) ->
 def scale_weight(
     w: np.ndarray, scale: np.ndarray, layout: WeightLayout, groups: int = 1
 ) -> np.ndarray:
-    """Return ``w`` with output channel ``o`` multiplied by ``scale[o]``, in ``w.dtype``.
+    """Return ``w`` with channel ``c`` of the ``layout`` axis multiplied by ``scale[c]``, in ``w.dtype``.
 
     Each chunk is computed in float64 and rounded once. ``w`` is never modified.
     """
@@ -138,17 +172,17 @@ def scaled_weight_blocks(
 
     The blocks, concatenated, are the flattened result of :func:`scale_weight` (same values),
     so a tensor can be written block by block without ever being whole in memory. One buffer
-    is reused: each block is valid only until the next one is requested. Grouped ConvTranspose
-    weights (whose chunks are not consecutive) give None.
+    is reused: each block is valid only until the next one is requested. Grouped
+    GROUPED_AXIS1 weights (whose chunks are not consecutive) give None.
     """
-    if layout is WeightLayout.CONV_TRANSPOSE and groups != 1:
+    if layout is WeightLayout.GROUPED_AXIS1 and groups != 1:
         return None
     scale = np.asarray(scale, dtype=np.float64)
-    if scale.shape != (output_channels(w.shape, layout, groups),):
+    if scale.shape != (scaled_channels(w.shape, layout, groups),):
         raise ValueError(f"scale has shape {scale.shape}, weight has shape {w.shape}")
 
     def blocks() -> Iterator[np.ndarray]:
-        buf = None
+        buf: np.ndarray | None = None
         for _, chunk, s in _chunks(w, scale, layout, groups):
             if buf is None or buf.size < chunk.size:
                 buf = np.empty(chunk.size, dtype=w.dtype)
@@ -173,72 +207,59 @@ def _scale_into(out: np.ndarray, chunk: np.ndarray, s: np.ndarray) -> None:
         out[...] = cast_to(chunk.astype(np.float64) * s, out.dtype)
 
 
-# Elements per block when scanning a weight for max |w| (small enough to stay in a CPU cache).
-_SCAN_ELEMENTS = 1 << 18
-_PAGE = mmap.PAGESIZE
-
-
-def _mapped_file(a: np.ndarray) -> mmap.mmap | None:
-    """The read-only memory-mapped file ``a`` views (an onnx-ir ExternalTensor's), if any."""
-    base = a
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if isinstance(base, memoryview):  # np.frombuffer(mmap) keeps a memoryview of the map
-        if not base.readonly:
-            return None
-        base = base.obj
-    if not isinstance(base, mmap.mmap) or base.closed:
-        return None
-    with memoryview(base) as view:
-        return base if view.readonly else None  # ACCESS_READ: clean pages, safe to drop
-
-
-def release_pages(a: np.ndarray) -> None:
-    """Unmap the resident pages of a read-only file mapping behind ``a``; no-op for other arrays.
-
-    Reading a memory-mapped weight (onnx-ir maps external data) keeps its pages resident in
-    this process until the mapping is closed, so folding a 2 GB model would end up holding
-    2 GB. ``MADV_DONTNEED`` on a read-only shared file mapping only drops them from the page
-    tables: the data stays valid and is read again (page cache or file) on the next access.
-    Never applied to anonymous or writable memory, where it would lose data.
-    """
-    if a.size == 0 or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    mm = _mapped_file(a)
-    if mm is None:
-        return
-    try:
-        start = np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data
-        lo, hi = byte_bounds(a)
-        first = max(0, (lo - start) // _PAGE * _PAGE)
-        end = min(len(mm), hi - start)
-        if end > first:
-            mm.madvise(mmap.MADV_DONTNEED, first, end - first)
-    except (OSError, ValueError, TypeError):
-        pass  # only a memory optimisation
-
-
-def _max_abs(w: np.ndarray) -> float:
-    """``max |w|`` (NaN if any is NaN), block by block, releasing mapped pages as it goes."""
-    if not w.flags.c_contiguous:
-        return float(np.max(np.abs(w), initial=0.0))
-    flat = w.reshape(-1)
-    peaks = [0.0]
-    span = 64 * _SCAN_ELEMENTS  # release pages every 64 blocks (fewer system calls)
-    for i in range(0, flat.size, _SCAN_ELEMENTS):
-        peaks.append(np.max(np.abs(flat[i : i + _SCAN_ELEMENTS])))
-        end = i + _SCAN_ELEMENTS
-        if end % span == 0 or end >= flat.size:
-            release_pages(flat[max(0, end - span) : end])
-    return float(np.max(peaks))
-
-
 def fold_bias(bias: np.ndarray | None, affine: Affine) -> np.ndarray:
     """``s * b + t`` in float64 (``b`` absent means zero)."""
     if bias is None:
         return affine.shift.copy()
     b = np.asarray(bias, dtype=np.float64)
     return affine.scale * b + affine.shift
+
+
+def input_shift(
+    w: np.ndarray, shift: np.ndarray, layout: WeightLayout, groups: int = 1
+) -> np.ndarray:
+    """``W t``: what a linear layer adds to each output channel when input channel ``c`` is
+    shifted by ``shift[c]`` everywhere (no padding), in float64.
+
+    ``layout`` names the weight's INPUT axis: AXIS0 for a (K, M) MatMul / Gemm transB=0 weight
+    (``t @ W``), AXIS1 for a (M, K) Gemm transB=1 weight (``W @ t``), GROUPED_AXIS1 for a Conv
+    weight (Cout, Cin/g, k...): ``sum_{j,k} W[o, j, k] * t[g(o)*Cin/g + j]`` with
+    ``g(o) = o // (Cout/g)``. Rows are promoted to float64 a chunk at a time.
+    """
+    t = np.asarray(shift, dtype=np.float64)
+    if t.shape != (scaled_channels(w.shape, layout, groups),):
+        raise ValueError(f"shift has shape {t.shape}, weight has shape {w.shape}")
+    if layout is WeightLayout.AXIS0:
+        if w.ndim != 2:
+            raise ValueError(f"AXIS0 input shift needs a 2-D weight, not {w.shape}")
+        out = np.zeros(w.shape[1])
+        step = max(1, _CHUNK_BYTES // max(1, w.shape[1] * 8))
+        for i in range(0, w.shape[0], step):
+            chunk = w[i : i + step]
+            out += t[i : i + step] @ chunk.astype(np.float64)
+            release_pages(chunk)
+        return out
+    if layout is WeightLayout.AXIS1:
+        out = np.empty(w.shape[0])
+        step = max(1, _CHUNK_BYTES // max(1, w.shape[1] * 8))
+        for i in range(0, w.shape[0], step):
+            chunk = w[i : i + step]
+            out[i : i + step] = chunk.astype(np.float64) @ t
+            release_pages(chunk)
+        return out
+    cout, per_group = w.shape[0], w.shape[1]
+    if groups < 1 or cout % groups:
+        raise ValueError(f"weight dim 0 ({cout}) not divisible by group={groups}")
+    kernel_axes = tuple(range(2, w.ndim))
+    sums = np.empty((cout, per_group))
+    row = max(1, int(np.prod(w.shape[1:])) * 8)
+    step = max(1, _CHUNK_BYTES // row)
+    for i in range(0, cout, step):
+        chunk = w[i : i + step]
+        sums[i : i + step] = chunk.astype(np.float64).sum(axis=kernel_axes)
+        release_pages(chunk)
+    grouped = sums.reshape(groups, cout // groups, per_group)
+    return np.einsum("gij,gj->gi", grouped, t.reshape(groups, per_group)).reshape(cout)
 
 
 @dataclass(frozen=True)
@@ -257,7 +278,7 @@ class RangeProblem:
         return " and ".join(parts)
 
 
-def _finfo(dtype: np.dtype):
+def _finfo(dtype: np.dtype) -> Any:
     try:
         return np.finfo(dtype)
     except (TypeError, ValueError):
@@ -307,7 +328,7 @@ def scaled_weight_problem(
     info = _finfo(w.dtype)
     scale = np.asarray(scale, dtype=np.float64)
     if w.dtype.itemsize >= 4:
-        bound = _max_abs(w) * float(np.max(np.abs(scale), initial=0.0))
+        bound = max_abs(w) * float(np.max(np.abs(scale), initial=0.0))
         if bound <= float(info.max):
             return None
     overflow = new_sub = 0

@@ -1,59 +1,37 @@
-"""The fold pass: walk every graph, fold each foldable node into its linear producer.
+"""The fold pass: walk every graph, ask the registered folds about each affine chain, apply plans.
 
-A pass in the onnx-ir sense: ``FoldPass()(model) -> PassResult(model, modified)``. The graph
-walk lives here; the arithmetic in :mod:`bnfold.arithmetic`; what each producer accepts in
-:mod:`bnfold.folds`.
+A pass in the onnx-ir sense: ``FoldPass(options)(model) -> FoldPassResult(model, modified,
+report)``, with no state kept between calls. The engine knows no op types: what can be folded,
+and how, is in :mod:`bnfold.folds`; the arithmetic in :mod:`bnfold.arithmetic`. It walks the
+graphs until a walk folds nothing (so a second pass finds nothing: idempotent), and for each
+plan it checks what no single fold can see: that every new tensor is representable in its dtype,
+and that a function body does not grow.
 """
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass, field
 
-import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common
 
-from bnfold.arithmetic import (
-    Affine,
-    cast_to,
-    fold_bias,
-    range_problem,
-    scale_weight,
-    scaled_weight_problem,
-)
+from bnfold import folds
+from bnfold.arithmetic import cast_to, range_problem, scale_weight, scaled_weight_problem
 from bnfold.folded_weight import FoldedWeight
-from bnfold.folds.batchnorm import batchnorm_affine_of, batchnorm_refusal
-from bnfold.folds.common import (
-    LAZY_BYTES,
-    FoldContext,
-    FoldOptions,
-    LinearLayer,
+from bnfold.folds.common import LAZY_BYTES, is_default_domain, is_op, node_label
+from bnfold.folds.context import FoldContext, FoldOptions, all_graphs
+from bnfold.folds.plan import (
+    NewTensor,
+    NewValue,
+    Operand,
+    Plan,
     Refusal,
-    all_graphs,
-    single_consumer_refusal,
+    Remove,
+    ReplaceNode,
+    ScaledWeight,
+    SetAttribute,
+    SetInput,
 )
-from bnfold.folds.conv import match_conv
-from bnfold.folds.conv_transpose import match_conv_transpose
-from bnfold.folds.elementwise import ELEMENTWISE_OPS, data_operand, elementwise_affine_of
-from bnfold.folds.gemm import match_gemm
-from bnfold.folds.matmul import match_matmul, match_matmul_add, match_matmul_through_reshape
 from bnfold.report import Folded, FoldReport, Skipped
-
-_MATCHERS = {
-    "Conv": match_conv,
-    "ConvTranspose": match_conv_transpose,
-    "Gemm": match_gemm,
-    "MatMul": match_matmul,
-}
-_LINEAR = ", ".join(_MATCHERS)
-
-
-def is_default_domain(node: ir.Node) -> bool:
-    return node.domain in ("", "ai.onnx")
-
-
-def is_batchnorm(node: ir.Node) -> bool:
-    return node.op_type == "BatchNormalization" and is_default_domain(node)
 
 
 def count_nodes(model: ir.Model) -> tuple[int, int]:
@@ -62,234 +40,240 @@ def count_nodes(model: ir.Model) -> tuple[int, int]:
     for graph in all_graphs(model):
         for node in graph:
             nodes += 1
-            bns += is_batchnorm(node)
+            bns += is_op(node, "BatchNormalization")
     return nodes, bns
 
 
-def node_label(node: ir.Node) -> str:
-    if node.name:
-        return node.name
-    out = node.outputs[0].name if node.outputs else None
-    return f"{node.op_type}({out})" if out else node.op_type
-
-
-def graph_label(graph: ir.Graph, model: ir.Model) -> str:
+def graph_label(graph: ir.Graph, model: ir.Model, ctx: FoldContext) -> str:
     if graph is model.graph:
         return "main"
+    if ctx.is_function_graph(graph):
+        return f"function {ctx.function_names[id(graph)]}"
     return graph.name or "subgraph"
 
 
+@dataclass
+class FoldPassResult(ir.passes.PassResult):
+    """``PassResult`` with what was folded and what was not, and why."""
+
+    report: FoldReport = field(default_factory=FoldReport)
+
+
 class FoldPass(ir.passes.InPlacePass):
-    """Fold BatchNormalization (and per-channel Mul/Add/Sub/Div) into linear producers."""
+    """Fold BatchNormalization (and per-channel Mul/Add/Sub/Div) into neighbouring linear layers."""
 
     def __init__(self, options: FoldOptions | None = None) -> None:
         super().__init__()
         self.options = options or FoldOptions()
-        self.report = FoldReport()
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> FoldPassResult:
         ctx = FoldContext(model, self.options)
-        report = self.report
+        report = FoldReport()
         report.nodes_before, report.bn_before = count_nodes(model)
-        _infer_shapes_if_needed(model, ctx)
-        for graph in all_graphs(model):
-            label = graph_label(graph, model)
-            for node in list(graph):
-                if node.graph is not graph:  # removed by an earlier fold
-                    continue
-                if is_batchnorm(node):
-                    result = fold_node(node, ctx)
-                    for pre in ctx.pre_folded:
-                        pre.graph = label
-                        report.folded.append(pre)
-                    ctx.pre_folded.clear()
-                    if isinstance(result, Refusal):
-                        report.skipped.append(Skipped(node_label(node), result.reason, label))
-                    else:
-                        result.graph = label
-                        report.folded.append(result)
-                elif (
-                    self.options.affine
-                    and node.op_type in ELEMENTWISE_OPS
-                    and is_default_domain(node)
-                ):
-                    result = fold_node(node, ctx)
-                    if not isinstance(result, Refusal):
-                        result.graph = label
-                        report.folded.append(result)
+        changed = True
+        while changed:  # until a walk folds nothing
+            changed = False
+            report.skipped = []
+            for graph in all_graphs(model):
+                where = graph_label(graph, model, ctx)
+                for node in list(graph):
+                    if node.graph is not graph:  # removed by an earlier fold
+                        continue
+                    outcome = _fold_at(node, ctx)
+                    if isinstance(outcome, list):
+                        for entry in outcome:
+                            entry.graph = where
+                        report.folded.extend(outcome)
+                        changed = True
+                    elif outcome is not None:
+                        names, reason = outcome
+                        report.skipped.extend(Skipped(n, reason, where) for n in names)
         report.nodes_after, report.bn_after = count_nodes(model)
-        report.notes.extend(dict.fromkeys(ctx.notes))
-        return ir.passes.PassResult(model, modified=bool(report.folded))
+        report.notes.extend(ctx.notes)
+        return FoldPassResult(model, modified=bool(report.folded), report=report)
 
 
-def _match_producer(target: ir.Node, data: ir.Value, ctx: FoldContext) -> LinearLayer | Refusal:
-    producer = data.producer()
-    if producer is None:
-        where = "a graph input" if data.is_graph_input() else "outside this graph"
-        return Refusal(f"its input '{data.name}' is {where}, not a linear layer")
-    if not is_default_domain(producer):
-        return Refusal(f"its input comes from {producer.domain}::{producer.op_type}")
-    op = producer.op_type
-    if op in ("Add", "Sub") and target.op_type == "BatchNormalization":
-        pre = _fold_pre_add(producer, ctx)
-        if isinstance(pre, Refusal):
-            return pre
-        if isinstance(pre, LinearLayer):
-            return pre
-        # the Add was folded into its producer: match that producer again
-        return _match_producer(target, target.inputs[0], ctx)
-    if op in ("Reshape", "Transpose") and target.op_type == "BatchNormalization":
-        return match_matmul_through_reshape(producer, ctx)
-    if op in ("Mul", "Div") and target.op_type != "BatchNormalization":
-        return Refusal("chain of elementwise nodes")
-    if op == "Add" and target.op_type in ("Mul", "Div", "Sub", "Add"):
-        return (
-            match_matmul_add(producer, ctx)
-            if target.op_type in ("Mul", "Div")
-            else Refusal("Add after Add")
-        )
-    matcher = _MATCHERS.get(op)
-    if matcher is None:
-        return Refusal(f"its input comes from {op}, not a linear layer ({_LINEAR})")
-    return matcher(producer, ctx)
+def _fold_at(node: ir.Node, ctx: FoldContext) -> list[Folded] | tuple[list[str], str] | None:
+    """Fold the chain that starts at ``node``: its report entries, or (BN labels, why not)."""
+    chain = folds.anchor(node, ctx)
+    if chain is None:
+        return None
+    if isinstance(chain, Refusal):
+        return [node_label(node)], chain.reason
+    refusals: list[tuple[str, str]] = []
+    for fold in folds.REGISTRY:
+        if not fold.enabled(ctx):
+            continue
+        result = fold.match(chain, ctx)
+        if result is None:
+            continue
+        if isinstance(result, Plan):
+            problem = _check(result, ctx)
+            if problem is None:
+                return _apply(result, ctx)
+            result = problem
+        refusals.append((fold.direction, result.reason))
+    if not chain.has_batchnorm:
+        return None
+    if len(refusals) == 1:
+        reason = refusals[0][1]
+    else:
+        reason = "; ".join(f"{direction}: {why}" for direction, why in refusals)
+    return [node_label(bn) for bn in chain.batchnorms], reason
 
 
-def _fold_pre_add(add: ir.Node, ctx: FoldContext) -> LinearLayer | Refusal | None:
-    """Linear -> Add/Sub(constant) -> BN: fold the Add first (None), or match MatMul+Add."""
-    operand = data_operand(add, ctx)
-    if operand is None:
-        return Refusal(f"its input comes from a {add.op_type} of two run-time values")
-    data = operand[1]
-    inner = data.producer()
-    if inner is not None and inner.op_type == "MatMul" and add.op_type == "Add":
-        return match_matmul_add(add, ctx)
-    result = fold_node(add, ctx)
-    if isinstance(result, Refusal):
-        return Refusal(f"cannot fold the {add.op_type} before it: {result.reason}")
-    ctx.pre_folded.append(result)
+def _check(plan: Plan, ctx: FoldContext) -> Refusal | None:
+    """What the engine refuses in any plan: new tensors that do not fit their dtype, and a
+    function body that would grow (its new tensors are Constant nodes)."""
+    for value in plan.new_values():
+        if isinstance(value, ScaledWeight):
+            problem = scaled_weight_problem(value.array, value.scale, value.layout, value.groups)
+            dtype = value.array.dtype
+        else:
+            problem = range_problem(value.original, value.values, value.dtype)
+            dtype = value.dtype
+        if problem is not None:
+            return Refusal(f"the folded {dtype} weights would not be exact: {problem}")
+    graph = plan.into[0].graph
+    if ctx.is_function_graph(graph) and not _keeps_node_count(plan):
+        return Refusal("in a function body the fold would add Constant nodes")
     return None
 
 
-def fold_node(target: ir.Node, ctx: FoldContext) -> Folded | Refusal:
-    """Fold ``target`` (BN or elementwise) into its producer, or say why not."""
-    is_bn = target.op_type == "BatchNormalization"
-    if is_bn:
-        data = target.inputs[0] if target.inputs else None
-        if data is None:
-            return Refusal("has no input")
-        # the BN's own reasons first: nothing before it (an Add) is folded for a BN that stays
-        refusal = batchnorm_refusal(target, ctx)
-        if refusal:
-            return refusal
-    else:
-        operand = data_operand(target, ctx)
-        if operand is None:
-            return Refusal("no constant operand")
-        data = operand[1]
-        producer = data.producer()
-        if (
-            producer is not None
-            and producer.op_type == "MatMul"
-            and target.op_type in ("Add", "Sub")
-        ):
-            return Refusal("a MatMul's bias Add is kept as is")
-    layer = _match_producer(target, data, ctx)
-    if isinstance(layer, Refusal):
-        return layer
-    kind = layer.node.op_type if layer.fold != "matmul_add" else "MatMul+Add"
-    refusal = single_consumer_refusal(layer.output, kind)
-    if refusal:
-        return refusal
-    if not _is_float(layer.dtype):
-        return Refusal(f"the {kind} weight is {layer.dtype}, not floating point")
-    if is_bn:
-        if layer.feature_axis != 1 and layer.out_rank != 2:
-            rank = "unknown" if layer.out_rank is None else str(layer.out_rank)
-            return Refusal(
-                f"BN normalises axis 1 but the {kind} features are on the last axis "
-                f"(output rank {rank})"
-            )
-        affine = batchnorm_affine_of(target, ctx, layer.channels)
-    else:
-        affine = elementwise_affine_of(
-            target, ctx, layer.channels, layer.feature_axis, layer.out_rank
+def _keeps_node_count(plan: Plan) -> bool:
+    """New tensors become Constant nodes in a function body: as many nodes must go.
+
+    Going: every removed node, and every Constant producing a value the plan stops reading
+    whose every reader is removed or has that input replaced by the plan.
+    """
+    removed = {id(e.node) for e in plan.edits if isinstance(e, Remove)}
+    replaced = {(id(e.node), e.index) for e in plan.edits if isinstance(e, SetInput)}
+    for e in plan.edits:
+        if isinstance(e, ReplaceNode):
+            removed.add(id(e.node))
+    freed = set()
+    for value in plan.stale:
+        producer = value.producer()
+        if producer is None or not is_op(producer, "Constant"):
+            continue
+        if all(id(n) in removed or (id(n), i) in replaced for n, i in value.uses()):
+            freed.add(id(producer))
+    going = sum(isinstance(e, Remove) for e in plan.edits) + len(freed)
+    return len(plan.new_values()) <= going
+
+
+def _apply(plan: Plan, ctx: FoldContext) -> list[Folded]:
+    """Apply ``plan``'s edits in order; return its report entries."""
+    entries = [
+        Folded(node_label(n), n.op_type, "", label, "", plan.direction, plan.details or None)
+        for n, label in plan.folded
+    ]
+    graph = plan.into[0].graph
+    assert graph is not None
+    replacements: dict[int, ir.Node] = {}
+
+    def operand(value: Operand, before: ir.Node) -> ir.Value | None:
+        if isinstance(value, ScaledWeight | NewTensor):
+            return _materialize(value, plan.label, before, ctx)
+        return value
+
+    for edit in plan.edits:
+        if isinstance(edit, Remove):
+            _remove(edit, ctx)
+        elif isinstance(edit, SetInput):
+            value = operand(edit.value, edit.node)
+            if len(edit.node.inputs) <= edit.index:
+                edit.node.resize_inputs(edit.index + 1)
+            edit.node.replace_input_with(edit.index, value)
+        elif isinstance(edit, SetAttribute):
+            edit.node.attributes[edit.attr.name] = edit.attr
+        else:
+            replacements[id(edit.node)] = _replace(edit, operand, ctx)
+    _drop_unused(plan.stale, ctx)
+    into = [replacements.get(id(n), n) for n in plan.into]
+    sources = ",".join(e.node for e in entries)
+    for node in into:
+        props = node.metadata_props
+        props["bnfold.fold"] = ",".join(
+            filter(None, [props.get("bnfold.fold"), *(e.fold for e in entries)])
         )
-    if isinstance(affine, Refusal):
-        return affine
-    return _apply(target, layer, affine, ctx)
+        props["bnfold.source"] = ",".join(filter(None, [props.get("bnfold.source"), sources]))
+    labels = ", ".join(node_label(n) for n in into)
+    for entry in entries:
+        entry.into = labels
+    return entries
 
 
-def _is_float(dtype: np.dtype) -> bool:
-    return np.issubdtype(dtype, np.floating) or str(dtype) == "bfloat16"
+def _remove(edit: Remove, ctx: FoldContext) -> None:
+    node, keep = edit.node, edit.keep
+    out = node.outputs[0]
+    carried = bool(out.uses()) or out.is_graph_output()
+    name, type_, shape = out.name, out.type, out.shape
+    out.replace_all_uses_with(keep, replace_graph_outputs=True)
+    assert node.graph is not None
+    node.graph.remove(node, safe=True)
+    for value in node.outputs:
+        ctx.constants.forget(value)
+    renamable = keep.producer() is not None and not keep.is_graph_input()
+    if edit.rename and carried and renamable:
+        out.name = None
+        keep.name = name
+        if type_ is not None:
+            keep.type = type_
+        if shape is not None:
+            keep.shape = shape
 
 
-def _apply(
-    target: ir.Node, layer: LinearLayer, affine: Affine, ctx: FoldContext
-) -> Folded | Refusal:
-    graph = layer.node.graph
-    in_function = ctx.is_function_graph(graph)
-    w_scale = affine.scale * layer.weight_multiplier
-    need_bias = layer.bias is not None or bool(np.any(affine.shift != 0))
-    if need_bias and not layer.can_take_bias:
-        return Refusal("the MatMul has no bias to take the shift (its output is not rank 2)")
-    problem = scaled_weight_problem(layer.weight, w_scale, layer.layout, layer.groups)
-    bias64 = fold_bias(layer.bias, affine) if need_bias else None
-    if problem is None and bias64 is not None:
-        problem = range_problem(layer.bias, bias64, layer.dtype)
-    if problem is not None:
-        return Refusal(f"the folded {layer.dtype} weights would not be exact: {problem}")
-    stale = [v for v in target.inputs if v is not None] + list(layer.replaced)
-    if in_function and not _function_fold_keeps_count(stale, need_bias):
-        return Refusal("in a function body the fold would add Constant nodes")
-
-    label = node_label(target)
-    src_value = layer.weight_value
-    weight = _weight_tensor(layer, w_scale)
-    w_value = _new_constant(ctx, graph, f"{label}/folded_weight", weight, layer.node, src_value)
-    b_value = None
-    if bias64 is not None:
-        bias_tensor = ir.tensor(cast_to(bias64, layer.dtype))
-        b_value = _new_constant(
-            ctx, graph, f"{label}/folded_bias", bias_tensor, layer.node, src_value
-        )
-    carrier = layer.install(ctx, layer, w_value, b_value)
-
-    out = target.outputs[0]
-    name, dtype, shape = out.name, out.type, out.shape
-    out.replace_all_uses_with(carrier, replace_graph_outputs=True)
-    target.graph.remove(target, safe=True)
-    out.name = None
-    carrier.name = name
-    if dtype is not None:
-        carrier.type = dtype
-    if shape is not None:
-        carrier.shape = shape
-    _drop_unused(stale, ctx)
-    fold = f"{layer.fold.replace('_add', '')}+{'bn' if target.op_type == 'BatchNormalization' else target.op_type.lower()}"
-    props = layer.node.metadata_props
-    props["bnfold.fold"] = ",".join(filter(None, [props.get("bnfold.fold"), fold]))
-    props["bnfold.source"] = ",".join(filter(None, [props.get("bnfold.source"), label]))
-    return Folded(node=label, op=target.op_type, into=node_label(layer.node), fold=fold, graph="")
+def _replace(edit: ReplaceNode, operand, ctx: FoldContext) -> ir.Node:
+    old = edit.node
+    graph = old.graph
+    assert graph is not None
+    inputs: list[ir.Value | None] = list(old.inputs)
+    for index, value in edit.changes:
+        inputs.extend([None] * (index + 1 - len(inputs)))
+        inputs[index] = operand(value, old)
+    new = ir.Node(
+        "",
+        edit.op_type,
+        inputs=inputs,
+        attributes=list(edit.attributes),
+        num_outputs=len(old.outputs),
+        name=ctx.unique_name(f"{old.name or old.op_type}_{edit.op_type.lower()}"),
+        doc_string=old.doc_string,
+        metadata_props=dict(old.metadata_props),
+    )
+    graph.insert_before(old, new)
+    for before, after in zip(old.outputs, new.outputs, strict=True):
+        name, type_, shape = before.name, before.type, before.shape
+        before.replace_all_uses_with(after, replace_graph_outputs=True)
+        before.name = None
+        after.name = name
+        after.type = type_
+        after.shape = shape
+    graph.remove(old, safe=True)
+    return new
 
 
-def _weight_tensor(layer: LinearLayer, scale: np.ndarray) -> ir.TensorProtocol:
-    """The scaled weight, computed now if small, else when it is written."""
-    source = layer.weight
-    layout, groups = layer.layout, layer.groups
-    if source.nbytes <= LAZY_BYTES:
-        return ir.tensor(scale_weight(source, scale, layout, groups))
-    # computed when saved, and written to external data chunk by chunk
-    return FoldedWeight(source, scale, layout, groups)
+def _materialize(value: NewValue, label: str, before: ir.Node, ctx: FoldContext) -> ir.Value:
+    """The new tensor as an initializer (a Constant node in a function body)."""
+    if isinstance(value, ScaledWeight):
+        tensor: ir.TensorProtocol
+        if value.array.nbytes <= LAZY_BYTES:
+            tensor = ir.tensor(scale_weight(value.array, value.scale, value.layout, value.groups))
+        else:  # computed when saved, and written to external data chunk by chunk
+            tensor = FoldedWeight(value.array, value.scale, value.layout, value.groups)
+        source: ir.Value | None = value.source
+    else:
+        tensor = ir.tensor(cast_to(value.values, value.dtype))
+        source = None
+    return _new_constant(ctx, f"{label}/{value.hint}", tensor, before, source)
 
 
 def _new_constant(
-    ctx: FoldContext,
-    graph: ir.Graph,
-    hint: str,
-    tensor: ir.TensorProtocol,
-    before: ir.Node,
-    source: ir.Value,
+    ctx: FoldContext, hint: str, tensor: ir.TensorProtocol, before: ir.Node, source: ir.Value | None
 ) -> ir.Value:
+    graph = before.graph
+    assert graph is not None
     name = ctx.unique_name(hint)
     if ctx.is_function_graph(graph):
         node = ir.Node(
@@ -313,31 +297,15 @@ def _new_constant(
         type=ir.TensorType(tensor.dtype),
     )
     graph.register_initializer(value)
-    if ctx.legacy_ir and source.is_graph_input() and graph is ctx.model.graph:
-        graph.inputs.append(value)
-        ctx.notes.append(
-            f"IR {ctx.model.ir_version}: initializers that are also graph inputs were folded as "
-            "constants (as exporters of that era meant); the folded ones are new graph inputs "
-            "and the originals stay as inputs the graph no longer reads"
-        )
+    if ctx.legacy_ir and graph is ctx.model.graph:
+        graph.inputs.append(value)  # IR 3: every initializer is a graph input
+        if source is not None and source.is_graph_input():
+            ctx.note(
+                f"IR {ctx.model.ir_version}: initializers that are also graph inputs were folded "
+                "as constants (as exporters of that era meant); the folded ones are new graph "
+                "inputs and the originals stay as inputs the graph no longer reads"
+            )
     return value
-
-
-def _function_fold_keeps_count(stale: list[ir.Value], need_bias: bool) -> bool:
-    """In a function body new weights are Constant nodes: fold only if as many go away.
-
-    ``stale`` are the inputs the fold stops reading (BN parameters, old weight and bias); each
-    produced by a Constant that nothing else reads is removed with the folded node.
-    """
-    freed = {
-        id(value.producer())
-        for value in stale
-        if value.producer() is not None
-        and value.producer().op_type == "Constant"
-        and len(value.uses()) == 1
-    }
-    added = 1 + int(need_bias)
-    return added <= len(freed) + 1  # the folded node itself goes too
 
 
 def _drop_unused(values: list[ir.Value], ctx: FoldContext) -> None:
@@ -349,7 +317,7 @@ def _drop_unused(values: list[ir.Value], ctx: FoldContext) -> None:
             continue
         graph = value.graph
         if value.is_initializer():
-            if not value.is_graph_input() and graph is not None:
+            if not value.is_graph_input() and graph is not None and value.name is not None:
                 graph.initializers.pop(value.name, None)
             continue
         node = value.producer()
@@ -364,25 +332,4 @@ def _drop_unused(values: list[ir.Value], ctx: FoldContext) -> None:
         pending.extend(inputs)
 
 
-def _infer_shapes_if_needed(model: ir.Model, ctx: FoldContext) -> None:
-    """MatMul folds need the output rank; infer shapes only when some is unknown."""
-    for graph in all_graphs(model):
-        for node in graph:
-            if (
-                node.op_type == "MatMul"
-                and is_default_domain(node)
-                and node.outputs[0].shape is None
-            ):
-                # onnx-ir logs a traceback when onnx's inference rejects the model (and leaves
-                # it unchanged): silence it, the refusal reasons say what stayed unknown
-                log = logging.getLogger("onnx_ir.passes.common.shape_inference")
-                disabled, log.disabled = log.disabled, True
-                try:
-                    ir.passes.common.ShapeInferencePass()(model)
-                except Exception as exc:  # shape inference is a help, not a requirement
-                    ctx.notes.append(
-                        f"shape inference failed ({type(exc).__name__}); ranks may be unknown"
-                    )
-                finally:
-                    log.disabled = disabled
-                return
+__all__ = ["FoldPass", "FoldPassResult", "count_nodes", "graph_label"]

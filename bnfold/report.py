@@ -11,9 +11,11 @@ from typing import Any
 class Folded:
     node: str  # the folded node (a BatchNormalization, or a Mul/Add/Sub/Div)
     op: str
-    into: str  # the linear node that absorbed it
-    fold: str  # e.g. "conv+bn", "gemm+bn", "matmul+bn", "conv+mul"
+    into: str  # the node(s) that absorbed it, comma-separated
+    fold: str  # e.g. "conv+bn", "bn+gemm", "conv+relu+bn+conv", "conv+mul", "bn+mul"
     graph: str
+    direction: str = "backward"  # backward, forward, through the activation, merge
+    details: dict[str, Any] | None = None  # e.g. a forward fold's scale spread
 
 
 @dataclass

@@ -201,8 +201,10 @@ def test_matmul_reshape_transpose_bn_refused(rng, body, reason):
     assert reason in reasons(result), reasons(result)
 
 
-def test_matmul_reshape_mixing_axes_refused(rng):
-    """(N, 6) -> (N, 2, 3): BN over 2 channels mixes features: not a per-feature scale."""
+def test_matmul_reshape_channel_blocks_fold(rng):
+    """(N, 6) -> (N, 2, 3): BN over 2 channels; feature f of the MatMul belongs to channel
+    f // 3, so each block of 3 weight columns takes its channel's scale and shift. (Refused
+    before the fold interface redesign, which maps channels element by element.)"""
     inits = {"W": rng.normal(0, 0.5, (K, 6)).astype(np.float32), "s": np.array([N, 2, 3])}
     inits.update(bn_stats(rng, 2))
     model = make_model(
@@ -214,9 +216,29 @@ def test_matmul_reshape_mixing_axes_refused(rng):
         }}""",
         inits,
     )
-    result = bnfold.fold(model.SerializeToString())
-    assert not result.report.folded
-    assert "does not keep the BN channel axis whole" in reasons(result), reasons(result)
+    feeds = {"a": rng.normal(0, 1, (N, K)).astype(np.float32)}
+    folded, result = check_fold(model, feeds, expect_folded=1)
+    assert op_types(folded) == ["Gemm", "Reshape"]
+
+
+def test_matmul_reshape_transpose_interleaved_channels_fold(rng):
+    """(N, 6) -> (N, 2, 3) -> Transpose -> (N, 3, 2), BN over 3 channels: channel j is MatMul
+    features {j, j + 3}; each feature still belongs to one channel, so it folds."""
+    inits = {"W": rng.normal(0, 0.5, (K, 6)).astype(np.float32), "s": np.array([N, 2, 3])}
+    inits.update(bn_stats(rng, 3))
+    model = make_model(
+        f"""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[{N},{K}] a) => (float[{N},3,2] y) {{
+          z = MatMul (a, W)
+          r = Reshape (z, s)
+          t = Transpose <perm=[0,2,1]> (r)
+          y = BatchNormalization (t, gamma, beta, mean, var)
+        }}""",
+        inits,
+    )
+    feeds = {"a": rng.normal(0, 1, (N, K)).astype(np.float32)}
+    folded, result = check_fold(model, feeds, expect_folded=1)
+    assert op_types(folded) == ["Gemm", "Reshape", "Transpose"]
 
 
 def test_matmul_reshape_with_second_consumer_refused(rng):

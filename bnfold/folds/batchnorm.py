@@ -3,7 +3,7 @@
 Inference BatchNormalization is ``y = s * x + t`` on axis 1 with
 ``s = scale / sqrt(var + epsilon)`` and ``t = B - s * mean``.
 
-Conditions (every opset, 6 to current):
+Conditions (every opset, 6 to current), all checked here:
 - inference only: ``training_mode`` (opset 14+) is 0; opset 6's ``is_test`` is 1 or the node
   has a single output (opset 6 with is_test=0 and one output is inference in practice: onnx
   removed the attribute in opset 7 because only the output count matters);
@@ -18,11 +18,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from bnfold.arithmetic import Affine, batchnorm_affine
+from bnfold.arithmetic import batchnorm_affine
 from bnfold.errors import BadInputError
-from bnfold.folds.common import FoldContext, Refusal, as_vector, float_attr, int_attr
+from bnfold.folds.common import float_attr, int_attr, node_label
+from bnfold.folds.context import FoldContext
+from bnfold.folds.plan import Refusal
 
-_PARAM_NAMES = ("scale", "B", "mean", "var")
+PARAM_NAMES = ("scale", "B", "mean", "var")
 
 
 def bn_opset(node: ir.Node, ctx: FoldContext) -> int:
@@ -47,29 +49,30 @@ def batchnorm_refusal(node: ir.Node, ctx: FoldContext) -> Refusal | None:
     for out in node.outputs[1:]:
         if out is not None and (out.uses() or out.is_graph_output()):
             return Refusal(f"optional output '{out.name}' is used")
-    if len(node.inputs) < 5:
+    if len(node.inputs) < 5 or node.inputs[0] is None:
         return Refusal(f"has {len(node.inputs)} inputs, expected 5")
     return None
 
 
-def batchnorm_affine_of(node: ir.Node, ctx: FoldContext, channels: int) -> Affine | Refusal:
-    """The BN's ``(s, t)`` for ``channels`` channels, in float64."""
+def read_batchnorm(node: ir.Node, ctx: FoldContext) -> tuple[np.ndarray, np.ndarray] | Refusal:
+    """The BN's ``(s, t)`` in float64, each of C values (C = the longest parameter)."""
     refusal = batchnorm_refusal(node, ctx)
     if refusal:
         return refusal
-    params: list[np.ndarray] = []
-    for name, value in zip(_PARAM_NAMES, node.inputs[1:5], strict=False):
+    arrays: list[np.ndarray] = []
+    for name, value in zip(PARAM_NAMES, node.inputs[1:5], strict=True):
         array = ctx.const(value, f"BN {name}")
         if isinstance(array, Refusal):
             return array
-        vector = as_vector(array, channels, f"BN {name}")
-        if isinstance(vector, Refusal):
-            return vector
-        params.append(vector)
-    gamma, beta, mean, var = params
+        arrays.append(np.asarray(array).reshape(-1))
+    channels = max(a.size for a in arrays)
+    for name, a in zip(PARAM_NAMES, arrays, strict=True):
+        if a.size not in (1, channels):
+            return Refusal(f"BN {name} has {a.size} values for {channels} channels")
+    gamma, beta, mean, var = (np.broadcast_to(a.astype(np.float64), (channels,)) for a in arrays)
     eps = float_attr(node, "epsilon", 1e-5)
-    label = node.name or (node.outputs[0].name if node.outputs else "?")
-    for name, vec in zip(_PARAM_NAMES, params, strict=False):
+    label = node_label(node)
+    for name, vec in zip(PARAM_NAMES, (gamma, beta, mean, var), strict=True):
         if not np.all(np.isfinite(vec)):
             raise BadInputError(None, f"BatchNormalization '{label}': {name} has NaN or Inf values")
     if np.any(var + eps <= 0):
@@ -77,4 +80,5 @@ def batchnorm_affine_of(node: ir.Node, ctx: FoldContext, channels: int) -> Affin
         raise BadInputError(
             None, f"BatchNormalization '{label}': var + epsilon <= 0 in {bad} channel(s)"
         )
-    return batchnorm_affine(gamma, beta, mean, var, eps)
+    affine = batchnorm_affine(gamma, beta, mean, var, eps)
+    return affine.scale, affine.shift

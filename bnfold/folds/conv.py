@@ -1,47 +1,107 @@
-"""Fold a per-channel affine node (BatchNormalization, Mul, Add, ...) into a preceding Conv.
+"""Conv (1-D, 2-D, 3-D; any group, strides, dilations) as a producer and as a consumer.
 
-Before:  y = BN(Conv(x, W, b))                     (1-D, 2-D, 3-D; any group, pads, strides)
-After:   y = Conv(x, W', b')                      (the Conv output takes the BN output's name)
-Conditions:
-- W (Cout, Cin/group, k...) and b (Cout,) are constants (b may be absent: it is created);
-- the Conv output feeds only the BN and is not a graph output;
-- the BN has Cout channels.
-Formula: s = gamma / sqrt(var + eps);  W'[o] = s[o] * W[o];  b' = s * (b - mean) + beta.
-Padding does not matter here: the affine map acts on the Conv's output.
+Backward (BN after the Conv):
+  Before:  y = BN(Conv(x, W, b))
+  After:   y = Conv(x, W', b')          W'[o] = s[o] W[o],  b' = s (b - mean) + beta
+  Conditions: W (Cout, Cin/group, k...) and b (Cout,) constant and floating point (b may be
+  absent: it is created); padding does not matter (the affine map acts on the output).
+
+Forward (BN before the Conv):
+  Before:  y = Conv(BN(x), W, b)
+  After:   y = Conv(x, W', b')          W'[o, j] = W[o, j] s[g*Cin/g + j]  (g = o's group),
+                                        b'[o] = b[o] + sum_{j,k} W[o, j, k] t[g*Cin/g + j]
+  Conditions: the BN channels are the Conv's input channels (axis 1); for a non-zero shift t,
+  the padding cannot see it: all pads 0, or auto_pad VALID, or SAME with every kernel dim 1
+  (border outputs of a padded Conv see zeros where the BN would have given t). The scale
+  alone commutes with zero padding, so a shift-free BN folds forward whatever the padding.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from bnfold.arithmetic import WeightLayout
-from bnfold.folds.common import (
-    FoldContext,
-    LinearLayer,
-    Refusal,
-    conv_weight_and_bias,
-    install_at,
-    int_attr,
-)
+from bnfold.folds.common import conv_weight_and_bias, int_attr, ints_attr, node_label, str_attr
+from bnfold.folds.context import FoldContext
+from bnfold.folds.linear import BiasSlot, Consumer, Producer
+from bnfold.folds.plan import Refusal
+from bnfold.folds.trace import Use
 
 
-def match_conv(node: ir.Node, ctx: FoldContext) -> LinearLayer | Refusal:
+def producer(node: ir.Node, ctx: FoldContext) -> Producer | Refusal:
     parts = conv_weight_and_bias(node, ctx, "(Cout, Cin/group, k...)")
     if isinstance(parts, Refusal):
         return parts
     weight, bias = parts
-    return LinearLayer(
-        fold="conv",
+    return Producer(
+        kind="conv",
         node=node,
         output=node.outputs[0],
-        weight_value=node.inputs[1],
-        weight=weight,
+        weight=node.inputs[1],  # type: ignore[arg-type]
+        array=weight,
         layout=WeightLayout.AXIS0,
         groups=int_attr(node, "group", 1),
-        bias=bias,
-        channels=weight.shape[0],
+        channels=int(weight.shape[0]),
         feature_axis=1,
-        out_rank=weight.ndim,
-        install=install_at(1, 2),
-        replaced=[v for v in node.inputs[1:3] if v is not None],
+        rank=weight.ndim,
+        bias=None if bias is None else bias.astype(np.float64).reshape(-1),
+        slot=BiasSlot(node, 2),
+        bias_source=node.inputs[2] if len(node.inputs) > 2 else None,
+    )
+
+
+def padding_refusal(node: ir.Node, kernel: tuple[int, ...]) -> str | None:
+    """Why zero padding would see a shifted input, or None when the Conv does not pad."""
+    auto_pad = str_attr(node, "auto_pad", "NOTSET")
+    if auto_pad == "VALID":
+        return None
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if all(k == 1 for k in kernel):
+            return None
+        return (
+            f"the {node.op_type} '{node_label(node)}' pads its input (auto_pad {auto_pad}): "
+            "border outputs would see zeros where the BN gives its shift"
+        )
+    pads = ints_attr(node, "pads") or []
+    if any(pads):
+        return (
+            f"the {node.op_type} '{node_label(node)}' pads its input (pads {pads}): border "
+            "outputs would see zeros where the BN gives its shift"
+        )
+    return None
+
+
+def consumer(use: Use, ctx: FoldContext) -> Consumer | Refusal:
+    node = use.node
+    if use.index != 0:
+        return Refusal(f"its output is the Conv '{node_label(node)}' weight or bias, not its data")
+    parts = conv_weight_and_bias(node, ctx, "(Cout, Cin/group, k...)")
+    if isinstance(parts, Refusal):
+        return parts
+    weight, bias = parts
+    groups = int_attr(node, "group", 1)
+    cmap = use.cmap.normalized(weight.ndim)
+    if isinstance(cmap, Refusal):
+        return cmap
+    if cmap.axis not in (None, 1):
+        return Refusal(f"the BN channels reach the Conv on axis {cmap.axis}, not its channel axis")
+    if groups < 1 or weight.shape[0] % groups:
+        return Refusal(f"weight dim 0 ({weight.shape[0]}) is not divisible by group={groups}")
+    index = cmap.features(int(weight.shape[1]) * groups, None)
+    if isinstance(index, Refusal):
+        return index
+    return Consumer(
+        kind="conv",
+        node=node,
+        weight=node.inputs[1],  # type: ignore[arg-type]
+        array=weight,
+        layout=WeightLayout.GROUPED_AXIS1,
+        groups=groups,
+        index=index,
+        bias=None if bias is None else bias.astype(np.float64).reshape(-1),
+        slot=BiasSlot(node, 2),
+        out_axis=0,
+        shift_refusal=padding_refusal(node, tuple(weight.shape[2:])),
+        bias_source=node.inputs[2] if len(node.inputs) > 2 else None,
     )

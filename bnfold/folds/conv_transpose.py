@@ -1,51 +1,94 @@
-"""Fold a per-channel affine node into a preceding ConvTranspose.
+"""ConvTranspose (any group, strides, output_padding) as a producer and as a consumer.
 
-Before:  y = BN(ConvTranspose(x, W, b))           (any group, strides, output_padding)
-After:   y = ConvTranspose(x, W', b')
-Conditions:
-- W (Cin, Cout/group, k...) and b (Cout,) are constants (b may be absent: it is created);
-- the ConvTranspose output feeds only the BN and is not a graph output;
-- the BN has Cout = group * W.shape[1] channels.
-Formula: output channel o = g * (Cout/group) + j comes from W[g*Cin/group:(g+1)*Cin/group, j];
-W' = W viewed as (group, Cin/group, Cout/group, k...) times s viewed as (group, 1, Cout/group, 1...);
-b' = s * (b - mean) + beta. (Scaling axis 1 by s[:Cout/group] alone is wrong for group > 1.)
+Backward (BN after the ConvTranspose):
+  Before:  y = BN(ConvTranspose(x, W, b))
+  After:   y = ConvTranspose(x, W', b')
+  Conditions: W (Cin, Cout/group, k...) and b (Cout,) constant floating point (b may be
+  absent: it is created); Cin divisible by group.
+  Formula: output channel o = g*(Cout/group) + j comes from W[g*Cin/group:(g+1)*Cin/group, j]:
+  W' = W viewed as (group, Cin/group, Cout/group, k...) times s viewed as
+  (group, 1, Cout/group, 1...);  b' = s (b - mean) + beta.
+
+Forward (BN before the ConvTranspose): only a shift-free BN (t = 0): W'[c] = s[c] W[c] along
+the input axis 0. A shift is refused: a ConvTranspose spreads a constant input unevenly over its
+output (border positions and stride phases receive fewer kernel taps).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from bnfold.arithmetic import WeightLayout
-from bnfold.folds.common import (
-    FoldContext,
-    LinearLayer,
-    Refusal,
-    conv_weight_and_bias,
-    install_at,
-    int_attr,
-)
+from bnfold.folds.common import conv_weight_and_bias, int_attr, node_label
+from bnfold.folds.context import FoldContext
+from bnfold.folds.linear import BiasSlot, Consumer, Producer
+from bnfold.folds.plan import Refusal
+from bnfold.folds.trace import Use
+
+_LAYOUT = "(Cin, Cout/group, k...)"
 
 
-def match_conv_transpose(node: ir.Node, ctx: FoldContext) -> LinearLayer | Refusal:
-    parts = conv_weight_and_bias(node, ctx, "(Cin, Cout/group, k...)")
+def producer(node: ir.Node, ctx: FoldContext) -> Producer | Refusal:
+    parts = conv_weight_and_bias(node, ctx, _LAYOUT)
     if isinstance(parts, Refusal):
         return parts
     weight, bias = parts
     groups = int_attr(node, "group", 1)
     if groups < 1 or weight.shape[0] % groups:
         return Refusal(f"weight dim 0 ({weight.shape[0]}) is not divisible by group={groups}")
-    return LinearLayer(
-        fold="conv_transpose",
+    return Producer(
+        kind="conv_transpose",
         node=node,
         output=node.outputs[0],
-        weight_value=node.inputs[1],
-        weight=weight,
-        layout=WeightLayout.CONV_TRANSPOSE,
+        weight=node.inputs[1],  # type: ignore[arg-type]
+        array=weight,
+        layout=WeightLayout.GROUPED_AXIS1,
         groups=groups,
-        bias=bias,
-        channels=weight.shape[1] * groups,
+        channels=int(weight.shape[1]) * groups,
         feature_axis=1,
-        out_rank=weight.ndim,
-        install=install_at(1, 2),
-        replaced=[v for v in node.inputs[1:3] if v is not None],
+        rank=weight.ndim,
+        bias=None if bias is None else bias.astype(np.float64).reshape(-1),
+        slot=BiasSlot(node, 2),
+        bias_source=node.inputs[2] if len(node.inputs) > 2 else None,
+    )
+
+
+def consumer(use: Use, ctx: FoldContext) -> Consumer | Refusal:
+    node = use.node
+    if use.index != 0:
+        return Refusal(
+            f"its output is the ConvTranspose '{node_label(node)}' weight or bias, not its data"
+        )
+    parts = conv_weight_and_bias(node, ctx, _LAYOUT)
+    if isinstance(parts, Refusal):
+        return parts
+    weight, bias = parts
+    cmap = use.cmap.normalized(weight.ndim)
+    if isinstance(cmap, Refusal):
+        return cmap
+    if cmap.axis not in (None, 1):
+        return Refusal(
+            f"the BN channels reach the ConvTranspose on axis {cmap.axis}, not its channel axis"
+        )
+    index = cmap.features(int(weight.shape[0]), None)
+    if isinstance(index, Refusal):
+        return index
+    groups = int_attr(node, "group", 1)
+    return Consumer(
+        kind="conv_transpose",
+        node=node,
+        weight=node.inputs[1],  # type: ignore[arg-type]
+        array=weight,
+        layout=WeightLayout.AXIS0,
+        groups=groups,
+        index=index,
+        bias=None if bias is None else bias.astype(np.float64).reshape(-1),
+        slot=BiasSlot(node, 2),
+        out_axis=1,
+        shift_refusal=(
+            f"the ConvTranspose '{node_label(node)}' spreads a constant input unevenly over its "
+            "output, so the BN shift cannot become its bias"
+        ),
+        bias_source=node.inputs[2] if len(node.inputs) > 2 else None,
     )

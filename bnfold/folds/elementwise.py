@@ -1,23 +1,36 @@
-"""Read a Mul/Add/Sub/Div by a per-channel constant as an affine map.
+"""Read a Mul/Add/Sub/Div by a per-channel constant as an affine map along one axis.
 
-Before:  z = Linear(x);  y = z * c   (or z + c, z - c, c - z, z / c)
-After:   y = Linear'(x)
-Conditions:
-- ``c`` is a constant whose broadcast shape leaves the output shape unchanged (its rank is at
-  most the output's) and that varies only along the producer's channel axis;
-- ``z`` is the other operand and comes from the linear producer.
-Formula: ``y = s * z + t`` with (s, t) = (c, 0), (1, c), (1, -c), (-1, c), (1/c, 0).
+Before:  y = z * c   (or z + c, z - c, c - z, z / c)
+After:   folded like a BatchNormalization with (s, t) = (c, 0), (1, c), (1, -c), (-1, c), (1/c, 0)
+Conditions (checked here):
+- exactly one operand is constant; ``z / c`` only (``c / z`` is not affine);
+- ``c`` is floating point, has at most ``z``'s rank (broadcasting must not grow the output)
+  and varies along at most one axis (a scalar applies to every channel);
+- ``z / c``: no zero in ``c`` (refused with that reason).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_ir as ir
 
-from bnfold.arithmetic import Affine
-from bnfold.folds.common import FoldContext, Refusal
+from bnfold.folds.common import is_float
+from bnfold.folds.context import FoldContext
+from bnfold.folds.plan import Refusal
 
-ELEMENTWISE_OPS = frozenset({"Mul", "Add", "Sub", "Div"})
+ELEMENTWISE_OPS = ("Mul", "Add", "Sub", "Div")
+
+
+@dataclass(frozen=True)
+class Elementwise:
+    """``y = scale * data + shift`` along ``axis`` (None: one value for every element)."""
+
+    data_index: int
+    axis: int | None  # >= 0 when the data's rank is known, -1 for "last" otherwise
+    scale: np.ndarray
+    shift: np.ndarray
 
 
 def data_operand(node: ir.Node, ctx: FoldContext) -> tuple[int, ir.Value] | None:
@@ -25,60 +38,68 @@ def data_operand(node: ir.Node, ctx: FoldContext) -> tuple[int, ir.Value] | None
     if len(node.inputs) != 2 or any(v is None for v in node.inputs):
         return None
     a, b = node.inputs
-    if ctx.constants.resolve(b) is not None and ctx.constants.resolve(a) is None:
+    assert a is not None and b is not None
+    if ctx.is_constant(b) and not ctx.is_constant(a):
         return 0, a
     commutes = node.op_type in ("Mul", "Add", "Sub")  # Sub: c - z is (-1) * z + c
-    if commutes and ctx.constants.resolve(a) is not None and ctx.constants.resolve(b) is None:
+    if commutes and ctx.is_constant(a) and not ctx.is_constant(b):
         return 1, b
     return None
 
 
-def channel_vector(
-    c: np.ndarray, channels: int, feature_axis: int, out_rank: int | None
-) -> np.ndarray | Refusal:
-    """``c`` as a float64 (C,) vector if it is per-channel on ``feature_axis``."""
-    if c.ndim == 0 or c.size == 1 and c.ndim <= 1:
-        return np.full(channels, float(c.reshape(-1)[0]), dtype=np.float64)
-    if out_rank is None:
-        if feature_axis == -1 and c.ndim == 1:
-            out_rank = 1  # a 1-D constant broadcasts along the last axis, whatever the rank
-        else:
+def constant_axis(c: np.ndarray, rank: int | None) -> int | None | Refusal:
+    """The axis of the data along which ``c`` varies (None: a single value)."""
+    if c.size == 1:
+        if rank is not None and c.ndim > rank:
+            return Refusal(
+                f"a constant of rank {c.ndim} would broadcast the output to a higher rank"
+            )
+        if rank is None and c.ndim > 1:
             return Refusal("the output rank is unknown, so the constant's axis cannot be checked")
-    if c.ndim > out_rank:
+        return None
+    varying = [i for i, d in enumerate(c.shape) if d != 1]
+    if len(varying) != 1:
+        return Refusal(f"the constant of shape {tuple(c.shape)} varies along several axes")
+    from_end = varying[0] - c.ndim
+    if rank is None:
+        if c.ndim == 1:
+            return -1  # a 1-D constant broadcasts along the last axis, whatever the rank
+        return Refusal("the output rank is unknown, so the constant's axis cannot be checked")
+    if c.ndim > rank:
         return Refusal(f"a constant of rank {c.ndim} would broadcast the output to a higher rank")
-    axis = feature_axis % out_rank
-    full = (1,) * (out_rank - c.ndim) + tuple(c.shape)
-    for i, dim in enumerate(full):
-        if i != axis and dim != 1:
-            return Refusal(f"the constant of shape {tuple(c.shape)} varies off the channel axis")
-    if full[axis] not in (1, channels):
-        return Refusal(f"the constant has {full[axis]} values for {channels} channels")
-    vec = np.asarray(c, dtype=np.float64).reshape(-1)
-    return np.broadcast_to(vec, (channels,)).copy()
+    return rank + from_end
 
 
-def elementwise_affine_of(
-    node: ir.Node, ctx: FoldContext, channels: int, feature_axis: int, out_rank: int | None
-) -> Affine | Refusal:
-    """The node's (s, t) over the producer's channels."""
+def read_elementwise(node: ir.Node, ctx: FoldContext) -> Elementwise | Refusal | None:
+    """The node as an affine map, a refusal (division by zero, broadcasting), or None when it
+    is not an op on one run-time value and one constant."""
     operand = data_operand(node, ctx)
     if operand is None:
-        return Refusal(f"{node.op_type} has no constant operand")
-    index, _ = operand
-    const = ctx.const(node.inputs[1 - index], f"{node.op_type} constant")
+        return None
+    index, data = operand
+    other = node.inputs[1 - index]
+    const = ctx.const(other, f"{node.op_type} constant")
     if isinstance(const, Refusal):
-        return const
-    vec = channel_vector(np.asarray(const), channels, feature_axis, out_rank)
-    if isinstance(vec, Refusal):
-        return vec
-    ones, zeros = np.ones(channels), np.zeros(channels)
+        return None  # an overridable constant: a run-time value
+    c = np.asarray(const)
+    if not is_float(c.dtype):
+        return None
+    axis = constant_axis(c, ctx.rank(data))
+    if isinstance(axis, Refusal):
+        return axis
+    vec = c.astype(np.float64).reshape(-1)
+    ones, zeros = np.ones(vec.size), np.zeros(vec.size)
     op = node.op_type
     if op == "Mul":
-        return Affine(vec, zeros)
+        return Elementwise(index, axis, vec, zeros)
     if op == "Add":
-        return Affine(ones, vec)
+        return Elementwise(index, axis, ones, vec)
     if op == "Sub":
-        return Affine(ones, -vec) if index == 0 else Affine(-ones, vec)
+        if index == 0:
+            return Elementwise(index, axis, ones, -vec)
+        return Elementwise(index, axis, -ones, vec)
+    if index != 0:
+        return None  # c / z
     if np.any(vec == 0):
         return Refusal("division by a constant with zeros")
-    return Affine(1.0 / vec, zeros)
+    return Elementwise(index, axis, 1.0 / vec, zeros)

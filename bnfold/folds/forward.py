@@ -1,0 +1,119 @@
+"""Forward fold: a chain with a BatchNormalization into every linear layer that reads it.
+
+Before:  y_i = Layer_i(Path_i(Chain(x)))       for every reader i of the chain's output
+After:   y_i = Layer_i'(Path_i(x))              Layer_i'(z) = Layer_i(s * z + t)
+Conditions (checked here; each layer's own in its op module, the paths' in trace.py):
+- every reader, past shape-only ops and pooling, is a layer that takes it (Conv, Gemm, MatMul;
+  ConvTranspose for a shift-free chain) at its data input, with the chain's channels on the
+  axis it contracts; a reader that is not is a refusal naming it;
+- the chain's output (and every value on a path) is not a graph output;
+- a non-zero shift reaches no padding: not through an AveragePool that counts pads, not into
+  a padded Conv (its border outputs would see zeros where the BN gives t);
+- a MaxPool on the path needs every scale >= 0 (a negative scale turns max into min);
+- each reader gets its own new weight, so shared weights are cloned, never changed in place.
+Formula: W_i' = W_i diag(s[f])  along the layer's input axis,  b_i' = b_i + m_i * W_i t[f]
+(f: feature -> channel through the path; m_i: Gemm's alpha). Exact for Gemm/MatMul always.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bnfold.arithmetic import Affine, input_shift
+from bnfold.folds import layers
+from bnfold.folds.affine import AffineChain
+from bnfold.folds.backward import suffix
+from bnfold.folds.common import node_label
+from bnfold.folds.context import FoldContext
+from bnfold.folds.edits import consumer_edits
+from bnfold.folds.linear import Consumer
+from bnfold.folds.plan import Edit, Plan, Refusal
+from bnfold.folds.trace import ChannelMap, Use, trace_forward
+
+
+def readers(
+    chain: AffineChain, channels: int, ctx: FoldContext
+) -> list[tuple[Use, Consumer]] | Refusal:
+    """Every layer that reads the chain's output, or the first reason one cannot take it."""
+    uses = trace_forward(chain.output, ChannelMap(chain.axis), ctx)
+    if isinstance(uses, Refusal):
+        return uses
+    found = []
+    for use in uses:
+        consumer = layers.consumer(use, ctx)
+        if isinstance(consumer, Refusal):
+            return consumer
+        if use.cmap.index is None and use.cmap.axis is not None and consumer.index.size != channels:
+            return Refusal(
+                f"the BN has {channels} channels, '{node_label(use.node)}' takes "
+                f"{consumer.index.size}"
+            )
+        found.append((use, consumer))
+    return found
+
+
+def spread(scale: np.ndarray) -> float:
+    """max |s| / median |s|: how unevenly a fold scales a weight's input channels."""
+    mags = np.abs(scale)
+    median = float(np.median(mags)) if mags.size else 0.0
+    return float(mags.max()) / median if median > 0 else float("inf")
+
+
+class Forward:
+    name = "forward"
+    direction = "forward"
+
+    def enabled(self, ctx: FoldContext) -> bool:
+        return ctx.options.forward != "off"
+
+    def match(self, chain: AffineChain, ctx: FoldContext) -> Plan | Refusal | None:
+        if not chain.has_batchnorm:
+            return None
+        channels = chain.channels
+        assert channels is not None  # a chain with a BN has its channel count
+        affine = chain.affine(channels)
+        if isinstance(affine, Refusal):
+            return affine
+        found = readers(chain, channels, ctx)
+        if isinstance(found, Refusal):
+            return found
+        edits: list[Edit] = [*chain.removal(chain.input, rename=False)]
+        stale = chain.parameters()
+        for use, consumer in found:
+            feats = Affine(affine.scale[consumer.index], affine.shift[consumer.index])
+            if use.needs_nonnegative_scale and np.any(feats.scale < 0):
+                negative = int(np.count_nonzero(affine.scale < 0))
+                return Refusal(
+                    f"{negative} channel(s) have a negative scale, which the "
+                    f"{use.needs_nonnegative_scale} before '{node_label(use.node)}' does not "
+                    "commute with"
+                )
+            shift_sum = None
+            if feats.has_shift:
+                why = use.shift_refusal or consumer.shift_refusal
+                if why:
+                    return Refusal(why)
+                shift_sum = input_shift(
+                    consumer.array, feats.shift, consumer.layout, consumer.groups
+                )
+            more = consumer_edits(consumer, feats.scale, shift_sum)
+            if isinstance(more, Refusal):
+                return more
+            edits.extend(more)
+            stale.append(consumer.weight)
+            if consumer.bias_source is not None:
+                stale.append(consumer.bias_source)
+        kinds = "+".join(dict.fromkeys(c.kind for _, c in found))
+        return Plan(
+            fold=kinds,
+            direction=self.direction,
+            folded=[(op.node, f"{suffix(op.node.op_type)}+{kinds}") for op in chain.ops],
+            into=[c.node for _, c in found],
+            edits=edits,
+            stale=stale,
+            label=chain.label,
+            details={"consumers": len(found), "scale_spread": spread(affine.scale)},
+        )
+
+
+FOLD = Forward()
