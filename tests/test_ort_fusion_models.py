@@ -7,7 +7,8 @@ Where bnfold departs from onnxruntime's expectation it says why here:
   them). bnfold folds through Reshape/Transpose only when the channel axis provably maps to the
   MatMul's feature axis, so it refuses these two, saying where the axis went.
 - fuse-matmul-bn-non-ignorable-node: an Identity between MatMul and BN. onnxruntime's rule does
-  not fold it; bnfold folds through an Identity that feeds only the BN (exact), since the fold
+  not fold it; bnfold folds through an Identity that feeds only the BN (exact; the Identity goes
+  with the BN), since the fold
   interface redesign (issue 7: paddle2onnx writes Conv -> Identity -> Add -> Identity -> BN).
 """
 
@@ -29,7 +30,7 @@ FOLDED = {
     "fuse-conv-bn-add-mul-float16.onnx": (["Conv", "Add", "Mul"], 1),
     "fuse-matmul-bn-directly.onnx": (["Gemm"], 1),
     "fuse-matmul-bn-with-reshape.onnx": (["Gemm", "Reshape", "Transpose", "Identity"], 1),
-    "fuse-matmul-bn-non-ignorable-node.onnx": (["Gemm", "Identity", "Identity"], 1),
+    "fuse-matmul-bn-non-ignorable-node.onnx": (["Gemm", "Identity"], 1),
 }
 
 REFUSED = {

@@ -54,18 +54,25 @@ class AffineOp:
 
 @dataclass(eq=False)
 class AffineChain:
-    """Affine nodes in data order, with the Identity nodes between them (``members``)."""
+    """Affine nodes in data order; ``members`` are every node of the chain, with the Identity
+    nodes before the first affine node and between affine nodes."""
 
     ops: list[AffineOp]
     members: list[ir.Node]
 
     @property
     def head(self) -> ir.Node:
-        return self.members[0]
+        return self.ops[0].node
 
     @property
     def input(self) -> ir.Value:
-        return self.ops[0].data
+        """The value the chain reads (before any leading Identity)."""
+        first = self.members[0]
+        if first is self.ops[0].node:
+            return self.ops[0].data
+        value = first.inputs[0]
+        assert value is not None
+        return value
 
     @property
     def output(self) -> ir.Value:
@@ -116,6 +123,7 @@ class AffineChain:
     def parameters(self) -> list[ir.Value]:
         """Every input of the chain's nodes except the data it reads."""
         data = {id(op.data) for op in self.ops} | {id(n.outputs[0]) for n in self.members}
+        data.add(id(self.input))
         return [
             v for node in self.members for v in node.inputs if v is not None and id(v) not in data
         ]
@@ -163,15 +171,18 @@ def _next(value: ir.Value) -> tuple[list[ir.Node], ir.Node | None, ir.Value]:
     return ids, None, value
 
 
-def _previous(value: ir.Value) -> ir.Node | None:
-    """The node before ``value`` past Identity nodes, if every value between feeds only the next."""
+def _previous(value: ir.Value) -> tuple[list[ir.Node], ir.Node | None]:
+    """The Identity nodes before ``value`` (in data order) whose outputs feed only the next
+    node, and the node before them if ``value``'s path to it is all single-use."""
+    ids: list[ir.Node] = []
     while not value.is_graph_output() and len(value.uses()) == 1:
         node = value.producer()
         if not is_op(node, "Identity"):
-            return node
+            return ids[::-1], node
         assert node is not None and node.inputs[0] is not None
+        ids.append(node)
         value = node.inputs[0]
-    return None
+    return ids[::-1], None
 
 
 def chain_at(node: ir.Node, ctx: FoldContext) -> AffineChain | Refusal | None:
@@ -187,12 +198,12 @@ def chain_at(node: ir.Node, ctx: FoldContext) -> AffineChain | Refusal | None:
         if first.reason.startswith("division"):
             ctx.note(f"{node.op_type} '{node_label(node)}' is not folded: {first.reason}")
         return None
-    before = _previous(first.data)
+    leading, before = _previous(first.data)
     if before is not None:
         prev = read_op(before, ctx)
         if isinstance(prev, AffineOp) and _compatible(prev, first, ctx):
             return None  # part of the chain that starts earlier
-    ops, members = [first], [node]
+    ops, members = [first], [*leading, node]
     while True:
         ids, reader, value = _next(ops[-1].node.outputs[0])
         if reader is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from bnfold.folds.common import node_label
 from bnfold.folds.linear import BiasSlot, Consumer, Producer
 from bnfold.folds.plan import (
     Edit,
@@ -71,5 +72,5 @@ def consumer_edits(
         tensor = NewTensor(base + c.multiplier * shift_sum, c.dtype, original=c.bias)
     return _layer_edits(
         c.node, weight, tensor, c.slot, (), c.after_bias,
-        f"the {c.node.op_type} '{c.node.name or c.node.op_type}'", "its input is not rank 2",
+        f"the {c.node.op_type} '{node_label(c.node)}'", "its input is not rank 2",
     )  # fmt: skip

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import onnx_ir as ir
 
 from bnfold.folds import conv, conv_transpose, gemm, matmul
-from bnfold.folds.common import is_default_domain, is_op
+from bnfold.folds.common import is_default_domain, is_op, node_label
 from bnfold.folds.context import FoldContext
 from bnfold.folds.linear import Consumer, Producer
 from bnfold.folds.plan import Refusal
@@ -51,7 +51,7 @@ def consumer(use: Use, ctx: FoldContext) -> Consumer | Refusal:
     read = CONSUMERS.get(node.op_type) if is_default_domain(node) else None
     if read is None:
         return Refusal(
-            f"'{node.name or node.op_type}' ({node.op_type}) reads its output and is not a "
+            f"'{node_label(node)}' ({node.op_type}) reads its output and is not a "
             f"linear layer ({_NAMES})"
         )
     return read(use, ctx)
