@@ -132,3 +132,88 @@ def test_random_gemm_matmul_bn(data):
         inits,
     )
     _check(model, {"a": rng.normal(0, 1, (n, k)).astype(dtype)}, dtype)
+
+
+# ------------------------------------------------------------- forward chains (issue 7)
+
+ACTS = {"none": None, "Relu": "Relu", "LeakyRelu": "LeakyRelu <alpha=0.2>", "Sigmoid": "Sigmoid"}
+
+
+def _bn_params(data, c: int) -> dict[str, np.ndarray]:
+    """BN statistics drawn by hypothesis (so failures shrink), gamma of either sign."""
+    floats = st.floats(0.25, 4.0)
+    gamma = [data.draw(floats) * data.draw(st.sampled_from([1.0, -1.0])) for _ in range(c)]
+    return {
+        "gamma": np.array(gamma, np.float32),
+        "beta": np.array([data.draw(st.floats(-2, 2)) for _ in range(c)], np.float32),
+        "mean": np.array([data.draw(st.floats(-2, 2)) for _ in range(c)], np.float32),
+        "var": np.array([data.draw(st.floats(0.05, 4.0)) for _ in range(c)], np.float32),
+    }
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_forward_chains(data):
+    """Producer -> [activation] -> BN -> one or two Conv/Gemm consumers. Folds exactly unless an
+    activation separates the BN from its producer, a consumer pads and the BN has a shift (then
+    the reason says so); never changes what the model computes."""
+    c = data.draw(st.integers(1, 4), label="channels")
+    act = data.draw(st.sampled_from(sorted(ACTS)), label="activation")
+    spatial = data.draw(st.booleans(), label="conv (else gemm)")
+    n_consumers = data.draw(st.integers(1, 2), label="consumers")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="weights seed"))
+    inits = _bn_params(data, c)
+    lines, padded = [], False
+    if spatial:
+        inits["W0"] = rng.normal(0, 0.5, (c, 2, 3, 3)).astype(np.float32)
+        lines.append("z = Conv <pads=[1,1,1,1]> (x, W0)")
+        x_shape = (2, 2, 7, 7)
+    else:
+        inits["W0"] = rng.normal(0, 0.5, (c, 3)).astype(np.float32)
+        lines.append("z = Gemm <transB=1> (x, W0)")
+        x_shape = (2, 3)
+    lines.append(f"a = {ACTS[act]} (z)" if ACTS[act] else "a = Identity (z)")
+    lines.append("b = BatchNormalization (a, gamma, beta, mean, var)")
+    outs = []
+    for i in range(n_consumers):
+        if spatial:
+            groups = data.draw(st.sampled_from([g for g in (1, c) if c % g == 0]), label="group")
+            k = data.draw(st.integers(1, 3), label="kernel")
+            pads = [data.draw(st.integers(0, k - 1)) for _ in range(4)]  # asymmetric too
+            auto = data.draw(st.sampled_from(["", "VALID"]), label="auto_pad") if k > 1 else ""
+            stride = data.draw(st.integers(1, 2), label="stride")
+            attrs = f"group={groups}, strides=[{stride},{stride}]"
+            attrs += f', auto_pad="{auto}"' if auto else f", pads={pads}"
+            padded |= not auto and any(pads)
+            inits[f"W{i + 1}"] = rng.normal(0, 0.5, (2 * groups, c // groups, k, k)).astype(
+                np.float32
+            )
+            lines.append(f"y{i} = Conv <{attrs}> (b, W{i + 1})")
+        else:
+            inits[f"W{i + 1}"] = rng.normal(0, 0.5, (c, 3)).astype(np.float32)
+            inits[f"C{i + 1}"] = rng.normal(0, 1, 3).astype(np.float32)
+            lines.append(f"y{i} = Gemm (b, W{i + 1}, C{i + 1})")
+        outs.append(f"float y{i}")
+    model = make_model(
+        f"""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[{",".join(map(str, x_shape))}] x) => ({", ".join(outs)}) {{
+          {chr(10).join(lines)}
+        }}""",
+        inits,
+    )
+    data_bytes = model.SerializeToString()
+    folded, result = fold_bytes(data_bytes)
+    feeds = {"x": rng.normal(0, 1, x_shape).astype(np.float32)}
+    g, be, m, v = (inits[k].astype(np.float64) for k in ("gamma", "beta", "mean", "var"))
+    shift = be - g / np.sqrt(v + 1e-5) * m
+    # with no activation the BN folds backward into the producer; forward, the scale alone
+    # commutes with zero padding, the shift does not
+    if act != "none" and padded and np.any(shift != 0):
+        assert result.report.bn_after == 1 and "pads its input" in reasons(result), reasons(result)
+    else:
+        assert result.report.bn_after == 0, reasons(result)
+        assert node_count(onnx.load_from_string(folded)) < node_count(model)
+        again, again_result = fold_bytes(folded)
+        assert again == folded and not again_result.report.folded
+    for ref, got in zip(run(model, feeds), run(folded, feeds), strict=True):
+        assert_close(ref, got, *tolerance(np.float32))
