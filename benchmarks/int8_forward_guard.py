@@ -59,7 +59,7 @@ def _consumer(graph: onnx.GraphProto, value: str) -> list[onnx.NodeProto]:
 
 def _next_linear(graph: onnx.GraphProto, bn: onnx.NodeProto):
     """The linear layer the BN feeds, through Flatten/MaxPool: (node, path op types)."""
-    value, path = bn.output[0], []
+    value, path = bn.output[0], list[str]()
     while True:
         users = _consumer(graph, value)
         if len(users) != 1:

@@ -184,11 +184,13 @@ def _facts(ref: ModelRef) -> ModelFacts:
     return ModelFacts(ref.display, ref.size_bytes(model), nodes, bns)
 
 
-def _creation_time(ref: ModelRef, repeats: int, **kw) -> float:
+def _creation_time(
+    ref: ModelRef, repeats: int, opt_level: str, provider: str, threads: int | None
+) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        make_session(ref, **kw)
+        make_session(ref, opt_level=opt_level, provider=provider, threads=threads)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -278,8 +280,8 @@ def bench_many(models: Mapping[str, Any], options: BenchOptions | None = None) -
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise UsageError("bench: give at least two models with distinct labels")
     refs = {label: model_ref(m, label) for label, m in models.items()}
-    kw = {"provider": options.provider, "threads": options.threads}
-    probe = make_session(refs[labels[0]], opt_level="disable", **kw)
+    provider, threads = options.provider, options.threads
+    probe = make_session(refs[labels[0]], opt_level="disable", provider=provider, threads=threads)
     infos = session_inputs(probe)
     (sample,) = input_sets(
         infos,
@@ -294,14 +296,18 @@ def bench_many(models: Mapping[str, Any], options: BenchOptions | None = None) -
     levels = []
     with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as tmp:
         npz = Path(tmp) / "inputs.npz"
-        np.savez(npz, **feeds)
+        arrays: dict[str, Any] = dict(feeds)
+        np.savez(npz, **arrays)
         on_disk = {s: _on_disk(r, Path(tmp)) for s, r in refs.items()} if options.memory else {}
         for level in options.levels:
             creation = {
-                s: _creation_time(r, options.creation_repeats, opt_level=level, **kw)
+                s: _creation_time(r, options.creation_repeats, level, provider, threads)
                 for s, r in refs.items()
             }
-            sessions = {s: make_session(r, opt_level=level, **kw) for s, r in refs.items()}
+            sessions = {
+                s: make_session(r, opt_level=level, provider=provider, threads=threads)
+                for s, r in refs.items()
+            }
             side_feeds = {s: session_feeds(sessions[s], feeds) for s in labels}
             for s in labels:
                 # one checked run first: an input onnxruntime rejects is a BadInputError (exit 2)
@@ -316,7 +322,12 @@ def bench_many(models: Mapping[str, Any], options: BenchOptions | None = None) -
             del sessions
             memory: dict[str, PeakMemory | None] = {s: None for s in labels}
             if options.memory:
-                memory = {s: peak_memory(on_disk[s], npz, opt_level=level, **kw) for s in labels}
+                memory = {
+                    s: peak_memory(
+                        on_disk[s], npz, opt_level=level, provider=provider, threads=threads
+                    )
+                    for s in labels
+                }
             sides = {s: SideTiming(creation[s], rounds[s], memory[s]) for s in labels}
             levels.append(MultiLevelResult(level, sides))
     return MultiBenchResult(

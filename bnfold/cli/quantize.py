@@ -34,7 +34,6 @@ EvalOpt = Annotated[
         "accuracy). Repeatable. Default for the zoo models: the digits test split.",
     ),
 ]
-TypeOpt = typer.Option(metavar="int8|uint8")
 
 
 def default_output(model: Path) -> Path:

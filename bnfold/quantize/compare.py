@@ -159,6 +159,7 @@ def ort_variants(
     from bnfold.quantize.quantize import ort_quantize, quiet_onnxruntime
 
     work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
     plain, pre, pre_int8 = (
         work / "ort.int8.onnx",
         work / "preprocessed.onnx",

@@ -317,7 +317,8 @@ def _verify_fold(
     model: Path, folded: Path, batch: dict[str, np.ndarray], tmp: Path, provider: str
 ) -> dict[str, Any]:
     sample = tmp / "fold_check.npz"
-    np.savez(sample, **{k: v[:16] for k, v in batch.items()})
+    arrays: dict[str, Any] = {k: v[:16] for k, v in batch.items()}
+    np.savez(sample, **arrays)
     check = check_models(
         model, folded, CheckOptions(samples=0, inputs=[sample], provider=provider, locate=True)
     )
