@@ -58,11 +58,13 @@ def quantize_command(
     calibration: DataOpt = None,
     calibration_samples: Annotated[
         int | None,
-        typer.Option(min=1, help="Calibrate on at most N samples [default: all; digits 200]."),
+        typer.Option(
+            min=1, help="Calibrate on at most N samples (default: all given; digits: 200)."
+        ),
     ] = None,
     eval_data: EvalOpt = None,
     eval_samples: Annotated[
-        int | None, typer.Option(min=1, help="Prove on at most N samples [default: all].")
+        int | None, typer.Option(min=1, help="Prove on at most N samples (default: all).")
     ] = None,
     method: Annotated[
         str, typer.Option(metavar="minmax|entropy|percentile", help="Calibration method.")
@@ -76,17 +78,17 @@ def quantize_command(
         typer.Option(
             "--activation-type",
             metavar="int8|uint8",
-            help="[default: onnxruntime's recommendation for this CPU]",
+            help="Activation type (default: onnxruntime's recommendation for this CPU).",
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     weight_type: Annotated[
         str | None,
         typer.Option(
             "--weight-type",
             metavar="int8|uint8",
-            help="[default: onnxruntime's recommendation for this CPU]",
+            help="Weight type (default: onnxruntime's recommendation for this CPU).",
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     reduce_range: Annotated[
         str, typer.Option(metavar="auto|on|off", help="7-bit weights (auto: as recommended).")
     ] = "auto",
@@ -94,7 +96,7 @@ def quantize_command(
         str | None,
         typer.Option(
             metavar="off|exact|int8-safe",
-            help="Forward folds (BN into the next layer) [default: int8-safe where available].",
+            help="Forward folds (BN into the next layer; default: int8-safe where available).",
         ),
     ] = None,
     min_agreement: Annotated[
@@ -122,7 +124,9 @@ def quantize_command(
     ] = False,
     bench_batch: Annotated[
         list[int] | None,
-        typer.Option("--bench-batch", min=1, help="Batch sizes to time [default: 1 and 64]."),
+        typer.Option(
+            "--bench-batch", min=1, help="Batch size to time; repeatable (default: 1 and 64)."
+        ),
     ] = None,
     rounds: Annotated[int, typer.Option(min=1, help="Paired rounds per batch size.")] = 20,
     iters: Annotated[int, typer.Option(min=1, help="Runs per model per round.")] = 10,

@@ -213,12 +213,16 @@ class DemoResult:
         verdict = "passed" if q.get("passed") else "FAILED"
         outputs = proof.get("outputs") or [{}]
         o = outputs[0]
+        classes = ""
+        if o.get("agreement") is not None:
+            classes = f"top-1 agreement {_fmt(o['agreement'])}, "
+            if o.get("accuracy_int8") is not None:
+                classes += f"accuracy {_fmt(o['accuracy_fp32'])} -> {_fmt(o['accuracy_int8'])}, "
         lines = [
             f"  int8          {types['activation']} activations, {types['weight']} weights per channel"
             f"{', reduced range' if types['reduce_range'] else ''} (onnxruntime's rule for this CPU), "
             f"calibrated on {q['calibration']['samples']} training images",
-            f"                proof {verdict}: top-1 agreement {_fmt(o.get('agreement'))}, accuracy "
-            f"{_fmt(o.get('accuracy_fp32'))} -> {_fmt(o.get('accuracy_int8'))}, mean |error| "
+            f"                proof {verdict}: {classes}mean |error| "
             f"{_fmt(o.get('mean_abs'), '.3g')}; {q['sizes']['fp32'] / 1024:.0f} -> "
             f"{q['sizes']['int8'] / 1024:.0f} KiB",
             f"                float ops left: {q['float_ops']['summary']}",
