@@ -6,7 +6,10 @@ from bnfold.bench.bench import (
     BenchResult,
     LevelResult,
     ModelFacts,
+    MultiBenchResult,
+    MultiLevelResult,
     SideTiming,
+    bench_many,
     bench_models,
 )
 from bnfold.bench.memory import PeakMemory
@@ -20,9 +23,12 @@ __all__ = [
     "BenchResult",
     "LevelResult",
     "ModelFacts",
+    "MultiBenchResult",
+    "MultiLevelResult",
     "PeakMemory",
     "SideTiming",
     "Speedup",
+    "bench_many",
     "bench_models",
     "bootstrap_median_ci",
     "paired_speedup",

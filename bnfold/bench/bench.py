@@ -6,6 +6,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,11 +184,13 @@ def _facts(ref: ModelRef) -> ModelFacts:
     return ModelFacts(ref.display, ref.size_bytes(model), nodes, bns)
 
 
-def _creation_time(ref: ModelRef, repeats: int, **kw) -> float:
+def _creation_time(
+    ref: ModelRef, repeats: int, opt_level: str, provider: str, threads: int | None
+) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        make_session(ref, **kw)
+        make_session(ref, opt_level=opt_level, provider=provider, threads=threads)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -209,24 +212,76 @@ def _on_disk(ref: ModelRef, workdir: Path) -> Path:
     return path
 
 
-def bench_models(
-    reference: Any, candidate: Any, options: BenchOptions | None = None
-) -> BenchResult:
-    """Time ``reference`` and ``candidate`` (paths, ModelProtos or bytes) at each level.
+@dataclass
+class MultiLevelResult:
+    """Every model at one optimisation level, measured in the same shuffled rounds."""
 
-    Per level: session creation (median of ``creation_repeats``), warm-up, then ``rounds``
-    rounds that run the two sessions in a seeded shuffled order; the speed-up is the median of the
-    per-round ratios reference/candidate with a bootstrap 95% interval. Peak memory comes from a
-    child process per side and level.
+    level: str
+    sides: dict[str, SideTiming]
+
+
+@dataclass
+class MultiBenchResult:
+    """Everything ``bench_many`` measured; speed-ups of any pair come from the shared rounds."""
+
+    options: BenchOptions
+    models: dict[str, ModelFacts]
+    input_shapes: dict[str, list[int]]
+    levels: list[MultiLevelResult]
+    environment: dict[str, Any]
+
+    def speedup(self, level: str, reference: str, candidate: str) -> Speedup:
+        """``reference`` latency / ``candidate`` latency at ``level``, paired by round."""
+        (lv,) = (x for x in self.levels if x.level == level)
+        return paired_speedup(
+            lv.sides[reference].round_medians_ms,
+            lv.sides[candidate].round_medians_ms,
+            resamples=self.options.resamples,
+            seed=self.options.seed,
+        )
+
+    def to_dict(self, pairs: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+        """JSON; ``pairs`` of (reference, candidate) get their speed-up at every level."""
+        return {
+            "options": self.options.to_dict(),
+            "models": {label: m.to_dict() for label, m in self.models.items()},
+            "input_shapes": self.input_shapes,
+            "levels": [
+                {
+                    "level": lv.level,
+                    "sides": {label: t.to_dict() for label, t in lv.sides.items()},
+                    "speedups": [
+                        {
+                            "reference": r,
+                            "candidate": c,
+                            **self.speedup(lv.level, r, c).to_dict(),
+                        }  # fmt: skip
+                        for r, c in pairs
+                    ],
+                }
+                for lv in self.levels
+            ],
+            "environment": self.environment,
+        }
+
+
+def bench_many(models: Mapping[str, Any], options: BenchOptions | None = None) -> MultiBenchResult:
+    """Time every model of ``models`` (label -> path, ModelProto or bytes) at each level.
+
+    The design of :func:`bench_models` for any number of models: per level, session creation
+    (median of ``creation_repeats``), warm-up, then ``rounds`` rounds that run every session in
+    a seeded shuffled order ``iters`` times each, keeping each model's median per round; peak
+    memory from a child process per model and level. Speed-ups of any two models are paired by
+    round (:meth:`MultiBenchResult.speedup`). The first model's inputs define the feeds.
     """
     options = options or BenchOptions()
     options.validate()
-    refs = {
-        "reference": model_ref(reference, "reference"),
-        "candidate": model_ref(candidate, "candidate"),
-    }
-    kw = {"provider": options.provider, "threads": options.threads}
-    probe = make_session(refs["reference"], opt_level="disable", **kw)
+    labels = list(models)
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise UsageError("bench: give at least two models with distinct labels")
+    refs = {label: model_ref(m, label) for label, m in models.items()}
+    provider, threads = options.provider, options.threads
+    probe = make_session(refs[labels[0]], opt_level="disable", provider=provider, threads=threads)
     infos = session_inputs(probe)
     (sample,) = input_sets(
         infos,
@@ -241,43 +296,68 @@ def bench_models(
     levels = []
     with tempfile.TemporaryDirectory(prefix="bnfold-bench-") as tmp:
         npz = Path(tmp) / "inputs.npz"
-        np.savez(npz, **feeds)
+        arrays: dict[str, Any] = dict(feeds)
+        np.savez(npz, **arrays)
         on_disk = {s: _on_disk(r, Path(tmp)) for s, r in refs.items()} if options.memory else {}
         for level in options.levels:
             creation = {
-                s: _creation_time(r, options.creation_repeats, opt_level=level, **kw)
+                s: _creation_time(r, options.creation_repeats, level, provider, threads)
                 for s, r in refs.items()
             }
-            sessions = {s: make_session(r, opt_level=level, **kw) for s, r in refs.items()}
-            side_feeds = {s: session_feeds(sessions[s], feeds) for s in SIDES}
-            for s in SIDES:
+            sessions = {
+                s: make_session(r, opt_level=level, provider=provider, threads=threads)
+                for s, r in refs.items()
+            }
+            side_feeds = {s: session_feeds(sessions[s], feeds) for s in labels}
+            for s in labels:
                 # one checked run first: an input onnxruntime rejects is a BadInputError (exit 2)
                 outputs = [o.name for o in sessions[s].get_outputs()]
                 run_feeds(sessions[s], side_feeds[s], outputs, sample.label)
                 for _ in range(options.warmup):
                     sessions[s].run(None, side_feeds[s])
-            rounds: dict[str, list[float]] = {s: [] for s in SIDES}
+            rounds: dict[str, list[float]] = {s: [] for s in labels}
             for _ in range(options.rounds):
-                for s in map(str, rng.permutation(SIDES)):
+                for s in map(str, rng.permutation(labels)):
                     rounds[s].append(_run_ms(sessions[s], side_feeds[s], options.iters))
             del sessions
-            memory = {s: None for s in SIDES}
+            memory: dict[str, PeakMemory | None] = {s: None for s in labels}
             if options.memory:
-                memory = {s: peak_memory(on_disk[s], npz, opt_level=level, **kw) for s in SIDES}
-            sides = {s: SideTiming(creation[s], rounds[s], memory[s]) for s in SIDES}
-            speedup = paired_speedup(
-                rounds["reference"],
-                rounds["candidate"],
-                resamples=options.resamples,
-                seed=options.seed,
-            )
-            levels.append(LevelResult(level, sides, speedup))
-    return BenchResult(
+                memory = {
+                    s: peak_memory(
+                        on_disk[s], npz, opt_level=level, provider=provider, threads=threads
+                    )
+                    for s in labels
+                }
+            sides = {s: SideTiming(creation[s], rounds[s], memory[s]) for s in labels}
+            levels.append(MultiLevelResult(level, sides))
+    return MultiBenchResult(
         options=options,
         models={s: _facts(r) for s, r in refs.items()},
         input_shapes={k: list(v.shape) for k, v in feeds.items()},
         levels=levels,
         environment=_environment(),
+    )
+
+
+def bench_models(
+    reference: Any, candidate: Any, options: BenchOptions | None = None
+) -> BenchResult:
+    """Time ``reference`` and ``candidate`` (paths, ModelProtos or bytes) at each level.
+
+    Per level: session creation (median of ``creation_repeats``), warm-up, then ``rounds``
+    rounds that run the two sessions in a seeded shuffled order; the speed-up is the median of the
+    per-round ratios reference/candidate with a bootstrap 95% interval. Peak memory comes from a
+    child process per side and level.
+    """
+    many = bench_many({"reference": reference, "candidate": candidate}, options)
+    return BenchResult(
+        options=many.options,
+        models=many.models,
+        input_shapes=many.input_shapes,
+        levels=[
+            LevelResult(lv.level, lv.sides, many.speedup(lv.level, *SIDES)) for lv in many.levels
+        ],
+        environment=many.environment,
     )
 
 

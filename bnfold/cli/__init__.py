@@ -10,7 +10,7 @@ import importlib
 
 from bnfold.cli._app import app
 
-_COMMAND_MODULES = ("fold", "check", "bench", "train")
+_COMMAND_MODULES = ("fold", "check", "bench", "quantize", "train")
 
 for _name in _COMMAND_MODULES:
     try:

@@ -1,4 +1,6 @@
-"""The whole path on the embedded default: train -> export (BN kept) -> fold -> check -> bench.
+"""The whole path on the embedded default: train -> export (BN kept) -> fold -> check -> bench,
+then the int8 leg: quantize (fold first) -> prove against fp32 -> bench against onnxruntime's own
+int8 of the unfolded model (with and without its preprocess).
 
 ``run_demo`` writes every artefact into one folder and returns a ``DemoResult`` whose
 ``summary()`` is what ``bnfold demo`` prints.
@@ -7,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +26,8 @@ from bnfold.train.training import TARGET_ACCURACY, TrainConfig
 
 __all__ = ["STEPS", "DemoOptions", "DemoResult", "run_demo"]
 
-STEPS = ("train", "export", "fold", "check", "bench", "report")
+STEPS = ("train", "export", "fold", "check", "bench", "quantize", "bench int8", "report")
+INT8_BATCHES = (1, 64)
 FULL_LEVELS = ("disable", "basic", "extended", "all")
 QUICK_LEVELS = ("disable", "all")
 
@@ -69,6 +73,15 @@ class DemoOptions:
             levels=FULL_LEVELS, rounds=20, iters=20, memory=False, seed=self.seed, batch=1
         )
 
+    def int8_bench_options(self):
+        """One paired run per batch size of fp32 and the three int8 variants (level all)."""
+        from bnfold.bench import BenchOptions
+
+        if self.quick:
+            return BenchOptions(warmup=2, rounds=5, iters=5, creation_repeats=1, memory=False,
+                                resamples=200, seed=self.seed)  # fmt: skip
+        return BenchOptions(rounds=15, iters=10, creation_repeats=1, memory=False, seed=self.seed)
+
 
 @dataclass
 class DemoResult:
@@ -82,11 +95,18 @@ class DemoResult:
     fold: dict[str, Any] = field(default_factory=dict)
     check: dict[str, Any] = field(default_factory=dict)
     bench: dict[str, Any] = field(default_factory=dict)
+    quantize: dict[str, Any] = field(default_factory=dict)
+    int8: list[dict[str, Any]] = field(default_factory=list)  # one row per variant
+    bench_int8: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        return bool(self.check.get("passed")) and self.fold.get("bn_after") == 0
+        return (
+            bool(self.check.get("passed"))
+            and self.fold.get("bn_after") == 0
+            and bool(self.quantize.get("passed"))
+        )
 
     def to_dict(self) -> dict[str, Any]:
         opts = {
@@ -103,6 +123,9 @@ class DemoResult:
             "fold": self.fold,
             "check": self.check,
             "bench": self.bench,
+            "quantize": self.quantize,
+            "int8": self.int8,
+            "bench_int8": self.bench_int8,
             "timings_s": self.timings,
         }
 
@@ -122,6 +145,24 @@ class DemoResult:
             "check_passed": self.check.get("passed"),
             "max_abs_error": max_abs,
             "latency_ratio_folded_over_original": ratios,
+            "int8_passed": self.quantize.get("passed"),
+            "int8_float_ops_left": {r["variant"]: r["float_ops"] for r in self.int8},
+            "int8_accuracy": {r["variant"]: r["accuracy"] for r in self.int8},
+            "int8_agreement": {r["variant"]: r["agreement"] for r in self.int8},
+            "int8_size_bytes": {r["variant"]: r["size_bytes"] for r in self.int8},
+            "int8_latency_ms": {
+                r["variant"]: {b: r.get(f"latency_ms_b{b}") for b in INT8_BATCHES}
+                for r in self.int8
+            },
+            "int8_bnfold_speedup": {
+                r["variant"]: {
+                    b: r[f"candidate_speedup_b{b}"]["ratio"]
+                    for b in INT8_BATCHES
+                    if f"candidate_speedup_b{b}" in r
+                }
+                for r in self.int8
+                if r["variant"] != "int8 bnfold"
+            },  # fmt: skip
             "total_s": self.timings.get("total"),
         }
 
@@ -157,10 +198,51 @@ class DemoResult:
                 f"    {lv['level']:<9} {1.0 / sp['ratio']:.3f}  "
                 f"(95% CI {1.0 / sp['ci_high']:.3f}..{1.0 / sp['ci_low']:.3f}, {sp['verdict']})"
             )
+        lines += self._int8_lines()
         lines.append("  files")
         lines += [f"    {name:<12} {path}" for name, path in self.files.items()]
         lines.append(f"  total {s['total_s']:.1f} s")
         return "\n".join(lines)
+
+    def _int8_lines(self) -> list[str]:
+        if not self.quantize:
+            return []
+        q = self.quantize
+        types = q["types"]
+        proof = q.get("proof") or {}
+        verdict = "passed" if q.get("passed") else "FAILED"
+        outputs = proof.get("outputs") or [{}]
+        o = outputs[0]
+        classes = ""
+        if o.get("agreement") is not None:
+            classes = f"top-1 agreement {_fmt(o['agreement'])}, "
+            if o.get("accuracy_int8") is not None:
+                classes += f"accuracy {_fmt(o['accuracy_fp32'])} -> {_fmt(o['accuracy_int8'])}, "
+        lines = [
+            f"  int8          {types['activation']} activations, {types['weight']} weights per channel"
+            f"{', reduced range' if types['reduce_range'] else ''} (onnxruntime's rule for this CPU), "
+            f"calibrated on {q['calibration']['samples']} training images",
+            f"                proof {verdict}: {classes}mean |error| "
+            f"{_fmt(o.get('mean_abs'), '.3g')}; {q['sizes']['fp32'] / 1024:.0f} -> "
+            f"{q['sizes']['int8'] / 1024:.0f} KiB",
+            f"                float ops left: {q['float_ops']['summary']}",
+        ]
+        if self.int8:
+            batches = " / ".join(f"b{b}" for b in INT8_BATCHES)
+            lines.append(
+                f"  int8 latency  ms at {batches} (onnxruntime ORT_ENABLE_ALL, 1 thread), float ops left"
+            )
+            for r in self.int8:
+                ms = " / ".join(_fmt(r.get(f"latency_ms_b{b}"), ".3f") for b in INT8_BATCHES)
+                ops = "-" if r["float_ops"] is None else str(r["float_ops"])
+                lines.append(f"    {r['variant']:<20} {ms:<16} {ops}")
+            speedups = self.summary_dict()["int8_bnfold_speedup"]
+            parts = [
+                f"{name} " + " / ".join(f"{x:.2f}x" for x in by_batch.values())
+                for name, by_batch in speedups.items()
+            ]
+            lines.append(f"    bnfold int8 speed-up against: {'; '.join(parts)}")
+        return lines
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -233,6 +315,26 @@ def run_demo(
     write_plot(bench, bench_plot)
     result.files["bench_plot"] = str(bench_plot)
     done("bench")
+
+    from bnfold.quantize import QuantizeOptions, quantize_file
+    from bnfold.quantize.compare import BNFOLD, compare_int8, ort_variants
+
+    int8 = out / f"{options.model}.int8.onnx"
+    quantized = quantize_file(before, int8, QuantizeOptions(force=True))
+    result.quantize = quantized.to_dict()
+    result.files["onnx_int8"] = str(int8)
+    done("quantize")
+
+    with tempfile.TemporaryDirectory(prefix="bnfold-demo-int8-") as tmp:
+        variants = ort_variants(before, tmp, quantized.calibration, quantized.types)
+        variants[BNFOLD] = int8
+        evaluation = quantized.evaluation or quantized.calibration
+        comparison = compare_int8(
+            before, variants, evaluation, batches=INT8_BATCHES, bench=options.int8_bench_options()
+        )
+    result.int8 = comparison.rows()
+    result.bench_int8 = comparison.to_dict()
+    done("bench int8")
 
     report = out / "demo_report.json"
     result.files["report"] = str(report)

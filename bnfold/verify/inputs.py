@@ -152,13 +152,25 @@ def npz_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return files
 
 
-def load_npz(path: Path, infos: Sequence[InputInfo]) -> dict[str, np.ndarray]:
-    """One feed dict from an .npz holding one array per input name, cast within its kind."""
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz file (no pickles); an unreadable file is a BadInputError."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+            return {k: data[k] for k in data.files}
     except Exception as exc:
         raise BadInputError(path, f"not a readable .npz file ({exc})") from exc
+
+
+def load_npz(path: Path, infos: Sequence[InputInfo]) -> dict[str, np.ndarray]:
+    """One feed dict from an .npz holding one array per input name, cast within its kind."""
+    return feeds_from_arrays(path, read_npz(path), infos)
+
+
+def feeds_from_arrays(
+    path: Path, arrays: Mapping[str, np.ndarray], infos: Sequence[InputInfo]
+) -> dict[str, np.ndarray]:
+    """Check ``arrays`` (read from ``path``) against the model's inputs: one per input name, of
+    the input's kind (cast within it) and rank, matching its fixed dims."""
     names = [i.name for i in infos]
     missing = [n for n in names if n not in arrays]
     extra = [k for k in arrays if k not in names]
