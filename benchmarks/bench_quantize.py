@@ -35,26 +35,12 @@ from rich.table import Table
 
 from bnfold import atomic
 from bnfold.bench import BenchOptions
-from bnfold.quantize import QuantizeOptions, digits_dataset, fold_accepts_forward, quantize_file
+from bnfold.quantize import QuantizeOptions, digits_dataset, quantize_file
 from bnfold.quantize.compare import FP32, compare_int8, ort_variants
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = ("digits_cnn", "mlp")
 POSITIONS = ("before", "after")
-
-
-def bnfold_modes(asked: list[str]) -> list[str | None]:
-    """The forward modes to build; [None] (backward only) when bnfold has no forward folds."""
-    if fold_accepts_forward():
-        return list(asked)
-    wanted = [m for m in asked if m != "off"]
-    if wanted:
-        print(
-            f"note: bnfold.fold takes no 'forward' yet (no forward folds in this bnfold): "
-            f"building the backward-only bnfold variant instead of --forward {' '.join(wanted)}",
-            file=sys.stderr,
-        )
-    return [None]
 
 
 def _label(mode: str | None) -> str:
@@ -145,7 +131,7 @@ def main() -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--json", type=Path, default=RESULTS / "bench_quantize.json")
     args = parser.parse_args()
-    modes = bnfold_modes(args.forward)
+    modes: list[str | None] = list(args.forward)
     start = time.perf_counter()
     measured = []
     with tempfile.TemporaryDirectory(prefix="bnfold-bench-quantize-") as tmp:

@@ -2,7 +2,7 @@
 
 Trains the digits MLP and CNN with BatchNorm *after* ReLU (bnfold.train, seeded), exports them
 with BN kept, folds backward with bnfold, and for every BatchNormalization left (they all follow
-a ReLU) computes :func:`bnfold.quantize.weights.forward_fold_effect` on the next layer's weight
+a ReLU) computes :func:`bnfold.int8.forward_fold_effect` on the next layer's weight
 (a Gemm, a Conv, or a Gemm after Flatten). Where the next layer is a Gemm (exact to fold
 forward) the fold is also done by hand here, two ways, and each model is quantized with
 onnxruntime and proved on the digits test split:

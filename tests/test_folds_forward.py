@@ -797,3 +797,49 @@ def test_nothing_to_fold_leaves_the_model_byte_identical(rng):
     result = FoldPass(bnfold.FoldOptions(forward="off"))(ir_model)
     assert not result.modified and not result.report.folded
     assert ir.to_proto(result.model).SerializeToString(deterministic=True) == before
+
+
+# ---------------------------------------------------------------- int8-safe forward folds
+
+
+def _dead_channel_model(rng, dead: int):
+    """Sigmoid -> BN -> Gemm, ``dead`` BN channels with running var ~1e-20 (a unit that never
+    fired in training: s = gamma / sqrt(eps) ~ 316 against ~1 for the others)."""
+    c = 16
+    stats = {
+        "gamma": rng.uniform(0.8, 1.2, c).astype(np.float32),
+        "beta": rng.normal(0, 0.1, c).astype(np.float32),
+        "mean": rng.uniform(0.2, 0.8, c).astype(np.float32),
+        "var": rng.uniform(0.5, 1.5, c).astype(np.float32),
+    }
+    stats["var"][:dead] = 1e-20
+    return make_model(
+        f"""{HEADER}
+        g (float[4,{c}] x) => (float y) {{
+          s = Sigmoid (x)
+          b = BatchNormalization (s, gamma, beta, mean, var)
+          y = Gemm (b, W, C)
+        }}""",
+        {"W": _w(rng, c, 32), "C": _x(rng, 32), **stats},
+    )
+
+
+def test_int8_safe_skips_a_forward_fold_fed_by_dead_channels(rng):
+    model = _dead_channel_model(rng, dead=3)
+    exact = bnfold.fold(model, forward="exact")
+    assert exact.report.bn_after == 0  # exact in float: it folds
+    (effect,) = exact.report.folded[0].details["int8"]
+    assert effect["zero_share_increase"] > 0.1 and effect["spread"] > 100
+    result = bnfold.fold(model, forward="int8-safe")
+    assert not result.report.folded
+    why = reasons(result)
+    assert "forward: int8: folding would round" in why and "--forward int8-safe" in why
+    assert "BN scale spread" in why
+
+
+def test_int8_safe_keeps_a_harmless_forward_fold(rng):
+    model = _dead_channel_model(rng, dead=0)
+    folded, result = check_fold(model, {"x": _x(rng, 4, 16)}, forward="int8-safe", expect_folded=1)
+    (effect,) = result.report.folded[0].details["int8"]
+    assert effect["zero_share_increase"] <= 0.02 and effect["error_ratio"] <= 2.0
+    assert op_types(folded) == ["Sigmoid", "Gemm"]

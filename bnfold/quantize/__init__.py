@@ -1,11 +1,20 @@
 """int8 for folded models: fold what is safe, quantize with onnxruntime, prove it on real data.
 
 ``quantize_file(model, output, QuantizeOptions(...)) -> QuantizeResult`` is the flow behind
-``bnfold quantize``; :mod:`bnfold.quantize.weights` holds the per-channel int8 arithmetic the
+``bnfold quantize``; :mod:`bnfold.int8` holds the per-channel int8 arithmetic the
 forward folds use to judge themselves (numpy only). Importing this package does not import
 onnxruntime's quantizer (it is imported when used) nor torch.
 """
 
+from bnfold.int8 import (
+    ForwardFoldEffect,
+    QuantizedWeights,
+    forward_fold_effect,
+    int8_forward_refusal,
+    quantize_per_channel,
+    scale_spread,
+    zero_share,
+)
 from bnfold.quantize.activations import BnChannels, bn_channels
 from bnfold.quantize.channels import DEAD_RTOL, ChannelRange, dead_channels
 from bnfold.quantize.data import (
@@ -25,22 +34,12 @@ from bnfold.quantize.quantize import (
     FORWARD_MODES,
     QuantizeOptions,
     QuantizeResult,
-    fold_accepts_forward,
     fold_for_int8,
     model_inputs,
     ort_quantize,
     quantize_file,
 )
 from bnfold.quantize.types import QuantTypes, recommended_types
-from bnfold.quantize.weights import (
-    ForwardFoldEffect,
-    QuantizedWeights,
-    forward_fold_effect,
-    int8_forward_refusal,
-    quantize_per_channel,
-    scale_spread,
-    zero_share,
-)
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -68,7 +67,6 @@ __all__ = [
     "digits_dataset",
     "float_ops",
     "float_ops_in_graph",
-    "fold_accepts_forward",
     "fold_for_int8",
     "forward_fold_effect",
     "int8_forward_refusal",

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import io
 import logging
 import os
@@ -48,7 +47,6 @@ __all__ = [
     "FORWARD_MODES",
     "QuantizeOptions",
     "QuantizeResult",
-    "fold_accepts_forward",
     "fold_for_int8",
     "model_inputs",
     "ort_quantize",
@@ -63,8 +61,7 @@ FORWARD_MODES = ("off", "exact", "int8-safe")
 @dataclass
 class QuantizeOptions:
     """How to quantize. ``None`` means: the recommendation for this CPU (types, reduced range),
-    every sample given (200 digits training images for a zoo model), int8-safe forward folds
-    when bnfold has them."""
+    every sample given (200 digits training images for a zoo model), int8-safe forward folds."""
 
     calibration: list[str | os.PathLike[str]] = field(default_factory=list)
     calibration_samples: int | None = None
@@ -133,7 +130,7 @@ class QuantizeResult:
     output: str | None
     options: QuantizeOptions
     types: QuantTypes
-    forward: str | None
+    forward: str
     calibration: Dataset
     evaluation: Dataset | None
     fold: FoldResult
@@ -195,29 +192,13 @@ def model_inputs(model: str | os.PathLike[str], provider: str = "cpu") -> list[I
     return session_inputs(make_session(model_ref(model, "model"), provider=provider))
 
 
-def fold_accepts_forward() -> bool:
-    """Whether this bnfold's ``fold`` takes ``forward=`` (forward folds)."""
-    return "forward" in inspect.signature(bnfold.fold).parameters
-
-
-def fold_for_int8(model: Any, forward: str | None = None) -> tuple[FoldResult, str | None]:
-    """Fold ``model`` for an int8 target; return the result and the forward mode used.
-
-    ``forward=None`` means ``int8-safe`` where bnfold has forward folds, else backward folds only
-    (mode None). Asking for ``exact`` or ``int8-safe`` from a bnfold without them is a UsageError.
-    """
-    if forward is not None and forward not in FORWARD_MODES:
-        raise UsageError(f"--forward must be one of {', '.join(FORWARD_MODES)}, not {forward!r}")
-    if fold_accepts_forward():
-        mode = forward or "int8-safe"
-        fold_fn: Any = bnfold.fold  # typed without forward= until the forward folds land
-        return fold_fn(model, forward=mode), mode
-    if forward not in (None, "off"):
-        raise UsageError(
-            f"--forward {forward}: this bnfold folds backward only (bnfold.fold takes no "
-            "'forward' yet); use --forward off"
-        )
-    return bnfold.fold(model), forward
+def fold_for_int8(model: Any, forward: str | None = None) -> tuple[FoldResult, str]:
+    """Fold ``model`` for an int8 target; return the result and the forward mode used
+    (``None``: int8-safe)."""
+    mode = forward or "int8-safe"
+    if mode not in FORWARD_MODES:
+        raise UsageError(f"--forward must be one of {', '.join(FORWARD_MODES)}, not {mode!r}")
+    return bnfold.fold(model, forward=mode), mode
 
 
 @contextlib.contextmanager
@@ -381,8 +362,6 @@ def quantize_file(
 
     original = onnx.load(os.fspath(model), load_external_data=False)
     folded, forward = fold_for_int8(model, options.forward)
-    if forward is None:
-        notes.append("backward folds only: this bnfold has no forward folds yet")
     lap("fold")
     with tempfile.TemporaryDirectory(prefix="bnfold-quantize-") as tmp_dir:
         tmp = Path(tmp_dir)

@@ -44,8 +44,7 @@ def render_quantize(result: QuantizeResult) -> Group:
         f"{', reduce_range' if t.reduce_range else ''}: {t.reason}",
         f"calibration   {result.options.method} on {result.calibration.source}",
     ]
-    forward = result.forward or "backward only"
-    fold_line = f"fold          {result.fold.report.summary()} (forward: {forward})"
+    fold_line = f"fold          {result.fold.report.summary()} (forward: {result.forward})"
     if result.fold_check is not None:
         worst = max(
             (o.get("max_rel_range") or 0.0 for o in result.fold_check["outputs"]), default=0

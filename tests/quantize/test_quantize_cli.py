@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from bnfold.cli import app
 from bnfold.digits import split_digits
-from bnfold.quantize import fold_accepts_forward
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ROOT / "models" / "zoo"
@@ -36,36 +35,46 @@ def _top1(path: Path, x: np.ndarray) -> np.ndarray:
     return session.run(None, {"input": x})[0].argmax(axis=1)
 
 
-@pytest.mark.parametrize(
-    ("name", "folded", "float_ops"),
-    [("digits_cnn", 4, {}), ("mlp", 3, {}), ("mlp_bn_after_act", 0, {"BatchNormalization": 3})],
-)
-def test_quantize_zoo_model_end_to_end(tmp_path, name, folded, float_ops):
+# (sample, BN folded, direction of the folds, the agreement the proof asks for). The samples
+# are trained one epoch: mlp_bn_after_act's int8 model agrees with fp32 on 98.9% of the test
+# digits (445 of 450; 10-epoch training gives 100%, benchmarks/bench_quantize.py).
+ZOO_CASES = [
+    ("digits_cnn", 4, {"backward"}, 0.99),
+    ("mlp", 3, {"backward"}, 0.99),
+    ("mlp_bn_after_act", 3, {"through the activation"}, 0.98),
+]
+
+
+@pytest.mark.parametrize(("name", "folded", "directions", "agreement"), ZOO_CASES)
+def test_quantize_zoo_model_end_to_end(tmp_path, name, folded, directions, agreement):
     out, report = tmp_path / f"{name}.int8.onnx", tmp_path / "r.json"
-    res = invoke("quantize", ZOO / f"{name}.onnx", "-o", out, "--report", report)
+    res = invoke("quantize", ZOO / f"{name}.onnx", "-o", out, "--report", report,
+                 "--min-agreement", agreement)  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "verdict       passed" in res.stdout
     q = onnx.load(out)
     ops = [n.op_type for n in q.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
-    assert ops.count("BatchNormalization") == (3 if name == "mlp_bn_after_act" else 0)
+    assert ops.count("BatchNormalization") == 0
     d = json.loads(report.read_text())
     assert d["passed"] and d["output"] == str(out)
     assert d["fold"]["bn_folded"] == folded
+    assert {f["direction"] for f in d["fold"]["folded"]} == directions
     assert d["calibration"]["samples"] == 200 and d["evaluation"]["samples"] == 450
-    assert d["float_ops"]["between_by_op"] == float_ops
+    assert d["float_ops"]["between_by_op"] == {}
     assert d["types"]["weight"] == "int8" and "onnxruntime" in d["types"]["reason"]
     # the proof's agreement, recomputed here with plain onnxruntime sessions
     data = split_digits()
     agree = float((_top1(ZOO / f"{name}.onnx", data.x_test) == _top1(out, data.x_test)).mean())
     (o,) = d["proof"]["outputs"]
-    assert o["agreement"] == agree >= 0.99
+    assert o["agreement"] == agree >= agreement
     assert o["accuracy_int8"] == float((_top1(out, data.x_test) == data.y_test).mean())
     assert d["sizes"]["int8"] == out.stat().st_size < d["sizes"]["fp32"]
 
 
 def test_dead_channels_reported(tmp_path):
-    res = invoke("quantize", ZOO / "mlp_bn_after_act.onnx", "-o", tmp_path / "q.onnx", "--json")
+    res = invoke("quantize", ZOO / "mlp_bn_after_act.onnx", "-o", tmp_path / "q.onnx", "--json",
+                 "--min-agreement", "0.98")  # fmt: skip
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
     dead = d["dead_channels"]["/3/BatchNormalization"]
@@ -75,13 +84,18 @@ def test_dead_channels_reported(tmp_path):
 
 
 def test_verdict_exit_codes(tmp_path):
-    model = ZOO / "mlp_bn_after_act.onnx"  # int8 top-1 agreement 0.9956 with fp32
+    model = ZOO / "mlp_bn_after_act.onnx"
     out = tmp_path / "q.onnx"
+    res = invoke("quantize", model, "-o", out, "--min-agreement", "0", "--json")
+    measured = json.loads(res.stdout)["proof"]["outputs"][0]["agreement"]
+    assert 0.98 < measured < 1.0
+    out.unlink()
     res = invoke("quantize", model, "-o", out, "--min-agreement", "1.0")
     assert res.exit_code == 1
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("bnfold: error:") and str(model) in lines[0]
-    assert "agreement 0.9956 < --min-agreement 1.0" in lines[0] and "nothing written" in lines[0]
+    assert f"agreement {measured:.4f} < --min-agreement 1.0" in lines[0]
+    assert "nothing written" in lines[0]
     assert "FAILED" in res.stdout
     assert _files(tmp_path) == []  # nothing written, no temporary left
     res = invoke("quantize", model, "-o", out, "--min-agreement", "1.0", "--force",
@@ -89,10 +103,11 @@ def test_verdict_exit_codes(tmp_path):
     assert res.exit_code == 1 and "written anyway (--force)" in res.stderr
     assert out.stat().st_size > 0 and json.loads((tmp_path / "r.json").read_text())["forced"]
     res = invoke(
-        "quantize", model, "-o", out, "--min-agreement", "0.99", "--max-mean-error", "1e-4"
+        "quantize", model, "-o", out, "--min-agreement", "0.98", "--max-mean-error", "1e-4"
     )
     assert res.exit_code == 1 and "--max-mean-error" in res.stderr
-    res = invoke("quantize", model, "-o", out, "--max-accuracy-drop", "0.01")
+    res = invoke("quantize", model, "-o", out, "--min-agreement", "0.98",
+                 "--max-accuracy-drop", "0.01")  # fmt: skip
     assert res.exit_code == 0, res.output
 
 
@@ -216,13 +231,12 @@ def test_output_may_not_overwrite_the_input(tmp_path):
     assert model.read_bytes() == (ZOO / "mlp.onnx").read_bytes()
 
 
-def test_forward_option_without_forward_folds(tmp_path):
+def test_forward_option(tmp_path):
     res = invoke("quantize", ZOO / "mlp.onnx", "-o", tmp_path / "q.onnx", "--forward", "exact",
                  "--json")  # fmt: skip
-    if fold_accepts_forward():
-        assert res.exit_code == 0 and json.loads(res.stdout)["forward"] == "exact"
-    else:
-        assert res.exit_code == 2 and "folds backward only" in res.stderr
+    assert res.exit_code == 0 and json.loads(res.stdout)["forward"] == "exact"
+    res = invoke("quantize", ZOO / "mlp.onnx", "-o", tmp_path / "q.onnx", "--forward", "sideways")
+    assert res.exit_code == 2 and "--forward must be one of off, exact, int8-safe" in res.stderr
     res = invoke(
         "quantize", ZOO / "mlp.onnx", "-o", tmp_path / "q.onnx", "--forward", "off", "--json"
     )

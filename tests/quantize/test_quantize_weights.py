@@ -1,4 +1,4 @@
-"""The int8 arithmetic (bnfold.quantize.weights, channels): by hand, and against the weights
+"""The int8 arithmetic (bnfold.int8, channels): by hand, and against the weights
 onnxruntime's quantizer actually writes into a QDQ model."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from onnx_helpers import make_model
 
 import bnfold
+from bnfold.int8 import MAX_ERROR_RATIO, MAX_ZERO_SHARE_INCREASE, weight_qrange
 from bnfold.quantize import (
     ChannelRange,
     QuantTypes,
@@ -25,7 +26,6 @@ from bnfold.quantize import (
     scale_spread,
     zero_share,
 )
-from bnfold.quantize.weights import MAX_ERROR_RATIO, MAX_ZERO_SHARE_INCREASE, weight_qrange
 
 ZOO = Path(__file__).resolve().parents[2] / "models" / "zoo"
 

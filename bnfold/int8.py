@@ -33,6 +33,7 @@ import numpy as np
 
 __all__ = [
     "MAX_ERROR_RATIO",
+    "compare_folded",
     "MAX_ZERO_SHARE_INCREASE",
     "WEIGHT_TYPES",
     "ForwardFoldEffect",
@@ -171,7 +172,13 @@ def zero_share(
     given. Weights that are exactly 0 in float are not counted: they lose nothing.
     """
     w = np.asarray(w)
-    counted = (w != 0) & _live_mask(w, in_axis, live)
+    return _masked_zero_share(w, out_axis, _live_mask(w, in_axis, live), weight_type, reduce_range)
+
+
+def _masked_zero_share(
+    w: np.ndarray, out_axis: int, mask: np.ndarray, weight_type: str, reduce_range: bool
+) -> float:
+    counted = (w != 0) & mask
     total = int(counted.sum())
     if total == 0:
         return 0.0
@@ -274,22 +281,43 @@ def forward_fold_effect(
     folded = (w.astype(np.float64) * s.reshape(shape)).astype(w.dtype)
     mask = _live_mask(w, in_axis, live)
     live_s = s if live is None else s[np.asarray(live, dtype=bool)]
-
-    def share(weights: np.ndarray) -> float:
-        return zero_share(weights, out_axis, in_axis=in_axis, live=live,
-                          weight_type=weight_type, reduce_range=reduce_range)  # fmt: skip
-
-    return ForwardFoldEffect(
-        spread=scale_spread(s),
+    return compare_folded(
+        w, folded, out_axis, mask, spread=scale_spread(s),
         spread_live=None if live is None or live_s.size == 0 else scale_spread(live_s),
-        zero_share_before=share(w),
-        zero_share_after=share(folded),
+        channels=int(s.size), live_channels=int(s.size if live is None else np.count_nonzero(live)),
+        weight_type=weight_type, reduce_range=reduce_range,
+    )  # fmt: skip
+
+
+def compare_folded(
+    w: np.ndarray,
+    folded: np.ndarray,
+    out_axis: int,
+    mask: np.ndarray | None = None,
+    *,
+    spread: float,
+    spread_live: float | None = None,
+    channels: int,
+    live_channels: int | None = None,
+    weight_type: str = "int8",
+    reduce_range: bool = False,
+) -> ForwardFoldEffect:
+    """Quantize ``w`` and its folded form per channel of ``out_axis`` and compare them on the
+    weights ``mask`` selects (default: all). The forward folds call this with the weight they
+    computed (any layout: grouped Conv input channels too)."""
+    out_axis = _axis(out_axis, w.ndim)
+    mask = np.ones(w.shape, dtype=bool) if mask is None else mask
+    return ForwardFoldEffect(
+        spread=spread,
+        spread_live=spread_live,
+        zero_share_before=_masked_zero_share(w, out_axis, mask, weight_type, reduce_range),
+        zero_share_after=_masked_zero_share(folded, out_axis, mask, weight_type, reduce_range),
         error_before=_relative_error(w, out_axis, mask & (w != 0), weight_type, reduce_range),
         error_after=_relative_error(
             folded, out_axis, mask & (folded != 0), weight_type, reduce_range
         ),
-        channels=int(s.size),
-        live_channels=int(s.size if live is None else np.count_nonzero(live)),
+        channels=channels,
+        live_channels=channels if live_channels is None else live_channels,
         weight_type=weight_type,
         reduce_range=bool(reduce_range),
     )
