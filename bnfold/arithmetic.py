@@ -262,19 +262,43 @@ def input_shift(
     return np.einsum("gij,gj->gi", grouped, t.reshape(groups, per_group)).reshape(cout)
 
 
+# A folded fp16/bf16 weight is refused when one output channel's rounding error (relative to
+# its norm) exceeds this many unit roundoffs of the dtype (fp16: u = 2^-11 = 4.9e-4). A channel
+# of normal numbers can never exceed 1 u (each element is off by at most u of itself); measured
+# (python benchmarks/fp16_fold_rule.py; Conv 32->64 3x3, weights N(0, 0.1)): fp16 weights
+# rounded from fp32 carry 0.36-0.47 u, folds with ordinary BN statistics 0.38-0.51 u, also with
+# 5-42% of a channel subnormal (s = 1e-2, 1e-3; output error 1.1-1.2x the unfolded model's).
+# A channel that falls below fp16's smallest normal (6.1e-5) loses precision as it shrinks:
+# s = 3e-4 (96% subnormal) 1.13 u and 2.7x the output error, s = 1e-4 3.4 u and 5.2x,
+# s = 3e-5 12 u and 22x. The limit, 1 u (twice what fp16 rounding gives), keeps every channel
+# of normal numbers and refuses those whose output error would more than double.
+MAX_CHANNEL_ERROR_ROUNDOFFS = 1.0
+
+
 @dataclass(frozen=True)
 class RangeProblem:
-    """Why a folded tensor cannot be represented in its dtype."""
+    """Why a folded tensor cannot be represented in its dtype well enough.
 
-    overflow: int
-    new_subnormal: int
+    ``overflow``: values that would be infinite; ``lossy_channels``: output channels whose
+    relative rounding error exceeds :data:`MAX_CHANNEL_ERROR_ROUNDOFFS` unit roundoffs
+    (``worst_roundoffs`` the largest, in units of the dtype's unit roundoff).
+    """
+
+    overflow: int = 0
+    lossy_channels: int = 0
+    worst_roundoffs: float = 0.0
+    dtype: str = ""
 
     def __str__(self) -> str:
         parts = []
         if self.overflow:
             parts.append(f"{self.overflow} value(s) overflow")
-        if self.new_subnormal:
-            parts.append(f"{self.new_subnormal} value(s) fall into subnormals")
+        if self.lossy_channels:
+            parts.append(
+                f"{self.lossy_channels} output channel(s) would fall into {self.dtype} "
+                f"subnormals (worst rounding error {self.worst_roundoffs:.3g}x the unit "
+                f"roundoff, limit {MAX_CHANNEL_ERROR_ROUNDOFFS:g}x)"
+            )
         return " and ".join(parts)
 
 
@@ -287,43 +311,77 @@ def _finfo(dtype: np.dtype) -> Any:
         return ml_dtypes.finfo(dtype)
 
 
+def unit_roundoff(dtype: np.dtype) -> float:
+    """Half the spacing of the dtype's floats just above 1 (fp16: 2^-11, bf16: 2^-8)."""
+    return float(_finfo(np.dtype(dtype)).eps) / 2
+
+
+def _overflows(original: np.ndarray | None, folded64: np.ndarray, dtype: np.dtype) -> int:
+    """Finite values beyond ``dtype``'s range, or values already infinite in float64 from a
+    finite original."""
+    info = _finfo(dtype)
+    finite = np.isfinite(folded64)
+    was_finite = True if original is None else np.isfinite(np.asarray(original, np.float64))
+    too_big = finite & (np.abs(folded64) > float(info.max))
+    return int(np.count_nonzero(too_big | (~finite & was_finite)))
+
+
 def range_problem(
     original: np.ndarray | None, folded64: np.ndarray, dtype: np.dtype
 ) -> RangeProblem | None:
-    """Check float64 values ``folded64`` against ``dtype``'s range.
+    """Check new float64 values (a bias) against ``dtype``: only overflow matters.
 
-    Counts values that overflow (infinite in ``dtype``, or already in float64, from a finite
-    original) and values that become subnormal in ``dtype`` although the original value was
-    not. Non-float dtypes and
-    float32/float64 subnormals (harmless at their precision) are not checked for subnormals.
+    A bias element that lands in the subnormals is off by at most half their spacing (fp16:
+    3e-8) in absolute terms, which no activation of ordinary size notices.
     """
-    dtype = np.dtype(dtype)
-    info = _finfo(dtype)
-    mag = np.abs(folded64)
-    finite = np.isfinite(folded64)
-    # a value that became infinite in float64 itself (float64 weights) overflowed too, unless
-    # the original was already infinite
-    o = None if original is None else np.abs(np.asarray(original, dtype=np.float64))
-    was_finite = True if o is None else np.isfinite(o)
-    overflow = int(np.count_nonzero((finite & (mag > float(info.max))) | (~finite & was_finite)))
-    new_sub = 0
-    if dtype.itemsize <= 2:
-        sub = (mag > 0) & (mag < float(info.tiny))
-        if o is not None:
-            sub &= ~((o > 0) & (o < float(info.tiny))) & (o != 0)
-        new_sub = int(np.count_nonzero(sub))
-    if overflow or new_sub:
-        return RangeProblem(overflow, new_sub)
-    return None
+    overflow = _overflows(original, folded64, np.dtype(dtype))
+    return RangeProblem(overflow, dtype=np.dtype(dtype).name) if overflow else None
+
+
+def _output_sums(
+    sq: np.ndarray, idx: Index, layout: WeightLayout, scales_outputs: bool, acc: np.ndarray
+) -> None:
+    """Add a chunk's squares into ``acc`` per output channel of the weight (grouped view)."""
+    if layout is WeightLayout.GROUPED_AXIS1:
+        if scales_outputs:  # ConvTranspose (g, Cin/g, Cout/g, k...): outputs (g, Cout/g)
+            acc += sq.sum(axis=(1, *range(3, sq.ndim)))
+        else:  # Conv input (g, Cout/g, Cin/g, k...): outputs (g, Cout/g), chunked on axis 1
+            acc[:, idx[1]] += sq.sum(axis=tuple(range(2, sq.ndim)))
+        return
+    rows_are_outputs = (layout is WeightLayout.AXIS0) == scales_outputs
+    if rows_are_outputs:
+        acc[idx[0]] += sq.reshape(sq.shape[0], -1).sum(axis=1)
+    else:  # a 2-D weight whose outputs are its columns, chunked on rows
+        acc += sq.reshape(sq.shape[0], sq.shape[1], -1).sum(axis=(0, 2))
+
+
+def _output_shape(shape: tuple[int, ...], layout: WeightLayout, groups: int, scales_outputs: bool):
+    if layout is WeightLayout.GROUPED_AXIS1:
+        return (groups, shape[1]) if scales_outputs else (groups, shape[0] // groups)
+    rows_are_outputs = (layout is WeightLayout.AXIS0) == scales_outputs
+    return (shape[0],) if rows_are_outputs else (shape[1],)
 
 
 def scaled_weight_problem(
-    w: np.ndarray, scale: np.ndarray, layout: WeightLayout, groups: int = 1
+    w: np.ndarray,
+    scale: np.ndarray,
+    layout: WeightLayout,
+    groups: int = 1,
+    *,
+    scales_outputs: bool = True,
 ) -> RangeProblem | None:
-    """Would ``scale_weight(w, scale, ...)`` overflow or create subnormals? Chunked, no copy of w.
+    """Would ``scale_weight(w, scale, ...)`` overflow, or lose precision in an output channel?
 
-    For float32/float64 weights only overflow matters and a bound suffices:
-    ``max|w| * max|scale|`` below the dtype's max proves there is none.
+    ``scales_outputs``: the scaled axis is the layer's output axis (backward folds); False for
+    a forward fold, which scales input channels (the error is then measured per output
+    channel, each mixing several scaled input channels). Chunked, no copy of ``w``.
+
+    float32/float64: only overflow matters and a bound suffices (``max|w| * max|scale|``
+    below the dtype's max proves there is none). 16-bit floats: per output channel, the
+    relative rounding error ``||round(p) - p|| / ||p||`` of the exact products ``p`` must stay
+    within :data:`MAX_CHANNEL_ERROR_ROUNDOFFS` unit roundoffs: a few subnormals in a channel are
+    harmless (their absolute spacing is tiny), a channel that falls wholly below the smallest
+    normal is not (its relative error grows as it shrinks).
     """
     info = _finfo(w.dtype)
     scale = np.asarray(scale, dtype=np.float64)
@@ -331,16 +389,31 @@ def scaled_weight_problem(
         bound = max_abs(w) * float(np.max(np.abs(scale), initial=0.0))
         if bound <= float(info.max):
             return None
-    overflow = new_sub = 0
-    for _, chunk, s in _chunks(w, scale, layout, groups):
-        with np.errstate(over="ignore"):
-            scaled = chunk.astype(np.float64) * s
-        problem = range_problem(chunk, scaled, w.dtype)
+    lossy = w.dtype.itemsize <= 2
+    shape = _output_shape(w.shape, layout, groups, scales_outputs)
+    err_sq, norm_sq = np.zeros(shape), np.zeros(shape)
+    overflow = 0
+    for idx, chunk, s in _chunks(w, scale, layout, groups):
+        with np.errstate(over="ignore", invalid="ignore"):
+            exact = chunk.astype(np.float64) * s
+        overflow += _overflows(chunk, exact, w.dtype)
+        if lossy:
+            with np.errstate(over="ignore", invalid="ignore"):
+                rounded = cast_to(exact, w.dtype).astype(np.float64)
+                diff = np.where(np.isfinite(rounded), rounded - exact, 0.0)
+            _output_sums(diff * diff, idx, layout, scales_outputs, err_sq)
+            _output_sums(np.where(np.isfinite(exact), exact * exact, 0.0), idx, layout,
+                         scales_outputs, norm_sq)  # fmt: skip
         release_pages(chunk)
-        if problem:
-            overflow += problem.overflow
-            new_sub += problem.new_subnormal
-    return RangeProblem(overflow, new_sub) if overflow or new_sub else None
+    worst, bad = 0.0, 0
+    if lossy:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(norm_sq > 0, np.sqrt(err_sq / norm_sq), 0.0) / unit_roundoff(w.dtype)
+        bad = int(np.count_nonzero(rel > MAX_CHANNEL_ERROR_ROUNDOFFS))
+        worst = float(rel.max(initial=0.0))
+    if overflow or bad:
+        return RangeProblem(overflow, bad, worst, w.dtype.name)
+    return None
 
 
 def cast_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -127,7 +127,10 @@ def _check(plan: Plan, ctx: FoldContext) -> Refusal | None:
     function body that would grow (its new tensors are Constant nodes)."""
     for value in plan.new_values():
         if isinstance(value, ScaledWeight):
-            problem = scaled_weight_problem(value.array, value.scale, value.layout, value.groups)
+            problem = scaled_weight_problem(
+                value.array, value.scale, value.layout, value.groups,
+                scales_outputs=value.scales_outputs,
+            )  # fmt: skip
             dtype = value.array.dtype
         else:
             problem = range_problem(value.original, value.values, value.dtype)

@@ -65,7 +65,9 @@ def consumer_edits(
 ) -> list[Edit] | Refusal:
     """``c``'s input features scaled by ``scale`` (None: unchanged); ``shift_sum`` (``W t`` per
     output channel, None: no shift) added to its bias (times its multiplier)."""
-    weight = None if scale is None else ScaledWeight(c.weight, c.array, scale, c.layout, c.groups)
+    weight = None
+    if scale is not None:
+        weight = ScaledWeight(c.weight, c.array, scale, c.layout, c.groups, scales_outputs=False)
     tensor = None
     if shift_sum is not None:
         base = np.zeros_like(shift_sum) if c.bias is None else c.bias

@@ -39,7 +39,8 @@ class ScaledWeight:
     """A new weight: ``array`` with channel c of the ``layout`` axis times ``scale[c]``.
 
     Computed by :func:`bnfold.arithmetic.scale_weight` when applied (or, if large, when written).
-    ``source`` is the value it replaces (its name, dtype, IR 3 graph-input status).
+    ``source`` is the value it replaces (its name, dtype, IR 3 graph-input status);
+    ``scales_outputs`` is False when the scaled axis is the layer's input axis (forward folds).
     """
 
     source: ir.Value
@@ -48,6 +49,7 @@ class ScaledWeight:
     layout: WeightLayout
     groups: int = 1
     hint: str = "folded_weight"
+    scales_outputs: bool = True
 
 
 @dataclass(frozen=True, eq=False)
