@@ -45,22 +45,20 @@ class Builder:
         self.nodes.append(helper.make_node(op, inputs, outs, name=name, **attrs))
         return outs
 
-    def bn_params(self, prefix: str, c: int) -> list[str]:
+    def bn_params(self, prefix: str, c: int, positive: bool = False) -> list[str]:
         r = self.rng
+        gamma = r.uniform(0.5, 2.0, c).astype(self.dtype)
+        signs = np.ones(c) if positive else r.choice([-1, 1], c)
         return [
-            self.init(
-                f"{prefix}.weight",
-                r.uniform(0.5, 2.0, c).astype(self.dtype) * r.choice([-1, 1], c).astype(self.dtype),
-            ),
+            self.init(f"{prefix}.weight", gamma * signs.astype(self.dtype)),
             self.init(f"{prefix}.bias", r.uniform(-1, 1, c).astype(self.dtype)),
             self.init(f"{prefix}.running_mean", r.uniform(-1, 1, c).astype(self.dtype)),
             self.init(f"{prefix}.running_var", r.uniform(0.2, 3.0, c).astype(self.dtype)),
         ]
 
-    def bn(self, x: str, prefix: str, c: int, **attrs) -> str:
-        return self.node(
-            "BatchNormalization", [x, *self.bn_params(prefix, c)], prefix, epsilon=1e-5, **attrs
-        )[0]
+    def bn(self, x: str, prefix: str, c: int, positive: bool = False, **attrs) -> str:
+        params = self.bn_params(prefix, c, positive)
+        return self.node("BatchNormalization", [x, *params], prefix, epsilon=1e-5, **attrs)[0]
 
     def conv(
         self,
@@ -245,6 +243,25 @@ def refused() -> onnx.ModelProto:
     )
 
 
+def forward() -> onnx.ModelProto:
+    """BNs no backward fold reaches: an input BN before a 1x1 Conv, Conv -> Relu -> BN -> 1x1
+    Conv, BN -> MaxPool -> Flatten -> Gemm, and Relu -> BN -> padded 3x3 Conv (which stays)."""
+    b = Builder(SEED + 11)
+    x = b.bn("input", "bn_input", 3)  # on the graph input: folds forward into conv1
+    x = b.conv(x, "conv1", 3, 16, 1)
+    x = b.conv(b.node("Relu", [x], "relu1")[0], "conv2", 16, 16, 3)
+    x = b.bn(b.node("Relu", [x], "relu2")[0], "bn_after_relu", 16, positive=True)
+    x = b.conv(x, "conv3", 16, 16, 1)  # scale back into conv2, shift into conv3's bias
+    x = b.bn(b.node("Relu", [x], "relu3")[0], "bn_before_padded", 16)
+    x = b.conv(x, "conv4", 16, 8, 3)  # pads 1: the shift cannot fold into it
+    x = b.bn(b.node("Relu", [x], "relu4")[0], "bn_head", 8, positive=True)
+    x = b.node("MaxPool", [x], "pool", kernel_shape=[2, 2], strides=[2, 2])[0]
+    x = b.node("Flatten", [x], "flatten")[0]
+    w = b.weight("fc.weight", (10, 8 * 4 * 4), 8 * 16)
+    y = b.node("Gemm", [x, w, b.init("fc.bias", np.zeros(10, np.float32))], "fc", transB=1)[0]
+    return b.model([vi("input", ["batch", 3, 8, 8])], [vi(y, ["batch", 10])])
+
+
 def local_function() -> onnx.ModelProto:
     """A model-local function ConvBn (parameters as Constant nodes inside it), called twice."""
     rng = np.random.default_rng(SEED + 10)
@@ -294,6 +311,7 @@ SAMPLES: dict[str, Callable[[], onnx.ModelProto]] = {
     "subgraph_if": subgraph_if,
     "local_function": local_function,
     "refused": refused,
+    "forward": forward,
 }
 
 
