@@ -80,7 +80,7 @@ class ConstantResolver:
         shape = node.inputs[0].shape if node.inputs and node.inputs[0] is not None else None
         if shape is None or not shape.is_static():
             return None
-        dims = np.array([int(d) for d in shape], dtype=np.int64)
+        dims = np.array([d if isinstance(d, int) else 0 for d in shape], dtype=np.int64)
         rank = len(dims)
         start = node.attributes.get_int("start", 0)
         end = node.attributes.get_int("end", rank)
@@ -111,7 +111,7 @@ class ConstantResolver:
             result = _numpy_eval(node, [feeds.get(n) if n else None for n in names])
         except Exception:  # an ill-formed constant subgraph is not a constant, not a crash
             return None
-        if result is NotImplemented:
+        if isinstance(result, _Unhandled):
             result = _run_single(node, names, feeds)
         if result is None or result.size > _MAX_EVAL_ELEMENTS:
             return None
@@ -156,7 +156,10 @@ def _align(b: np.ndarray, node: ir.Node, rank: int) -> np.ndarray:
     return b.reshape(b.shape + (1,) * (rank - axis - b.ndim))
 
 
-def _axes(node: ir.Node, args: list) -> tuple[int, ...] | None:
+Args = list[np.ndarray | None]
+
+
+def _axes(node: ir.Node, args: Args) -> tuple[int, ...] | None:
     """Unsqueeze/Squeeze axes: an attribute before opset 13, the second input from 13."""
     attr = node.attributes.get("axes")
     if attr is not None:
@@ -170,12 +173,24 @@ def _small_shape(shape: tuple[int, ...]) -> bool:
     return all(d >= 0 for d in shape) and math.prod(shape) <= _MAX_EVAL_ELEMENTS
 
 
-def _numpy_eval(node: ir.Node, args: list):
+class _Unhandled:
+    """What :func:`_numpy_eval` returns for an op it does not evaluate itself."""
+
+
+UNHANDLED = _Unhandled()
+
+
+def _numpy_eval(node: ir.Node, args: Args) -> np.ndarray | None | _Unhandled:
     """numpy implementations of the shape-like ops exporters wrap constants in.
 
-    None when the result would be too large to be worth evaluating.
+    None when the result would be too large to be worth evaluating; UNHANDLED for an op not
+    done here (onnx's reference evaluator runs it).
     """
-    op, x = node.op_type, args[0] if args else None
+    op = node.op_type
+    if not args or args[0] is None:
+        return UNHANDLED
+    x = args[0]
+    second = args[1] if len(args) > 1 else None
     attrs = node.attributes
     if op == "Unsqueeze":  # numpy, like ONNX, counts negative axes in the output's rank
         axes = _axes(node, args)
@@ -184,19 +199,23 @@ def _numpy_eval(node: ir.Node, args: list):
         axes = _axes(node, args)
         return np.squeeze(x) if axes is None else np.squeeze(x, axes)
     if op == "Reshape":
-        if len(args) > 1:
-            shape = [int(d) for d in args[1].reshape(-1)]
+        if second is not None:
+            target = [int(d) for d in second.reshape(-1)]
         else:  # Reshape-1 (opset < 5): the shape is an attribute
-            shape = list(attrs["shape"].as_ints())
+            target = list(attrs["shape"].as_ints())
         allow_zero = attrs.get("allowzero")
         if not (allow_zero is not None and allow_zero.as_int()):
-            shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
-        return x.reshape(shape)
+            target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
+        return x.reshape(target)
+    if second is None and op in ("Expand", "CastLike", "Add", "Sub", "Mul"):
+        return UNHANDLED
     if op == "Expand":
-        shape = np.broadcast_shapes(x.shape, tuple(int(d) for d in args[1].reshape(-1)))
+        assert second is not None
+        shape = np.broadcast_shapes(x.shape, tuple(int(d) for d in second.reshape(-1)))
         return np.broadcast_to(x, shape).copy() if _small_shape(shape) else None
     if op == "CastLike":
-        return x.astype(args[1].dtype)
+        assert second is not None
+        return x.astype(second.dtype)
     if op == "Cast":
         to = attrs["to"]
         if to.type == ir.AttributeType.STRING:  # Cast-1 (opset < 6): "FLOAT", "INT64", ...
@@ -210,13 +229,13 @@ def _numpy_eval(node: ir.Node, args: list):
         value = (
             fill.as_tensor().numpy().reshape(-1) if fill is not None else np.zeros(1, np.float32)
         )
-        shape = tuple(int(d) for d in x.reshape(-1))
-        return np.full(shape, value[0], dtype=value.dtype) if _small_shape(shape) else None
-    if op in ("Add", "Sub", "Mul") and x.dtype == args[1].dtype:
-        return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](x, args[1])
+        filled = tuple(int(d) for d in x.reshape(-1))
+        return np.full(filled, value[0], dtype=value.dtype) if _small_shape(filled) else None
+    if op in ("Add", "Sub", "Mul") and second is not None and x.dtype == second.dtype:
+        return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](x, second)
     if op == "Neg":
         return -x
-    return NotImplemented
+    return UNHANDLED
 
 
 def _run_single(node: ir.Node, names: list[str], feeds: dict[str, np.ndarray]) -> np.ndarray | None:

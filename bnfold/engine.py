@@ -296,7 +296,7 @@ def _new_constant(
     value = ir.Value(
         name=name,
         const_value=tensor,
-        shape=ir.Shape(tensor.shape),
+        shape=ir.Shape(tensor.shape.numpy()),
         type=ir.TensorType(tensor.dtype),
     )
     graph.register_initializer(value)

@@ -110,7 +110,7 @@ class FoldContext:
         if value.shape is not None:
             return value.shape
         if value.const_value is not None:
-            return ir.Shape(value.const_value.shape)
+            return ir.Shape(value.const_value.shape.numpy())
         if self._inferred is None:
             self._inferred = self._infer()
         return self._inferred.get(value)

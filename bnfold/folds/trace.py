@@ -105,6 +105,12 @@ def dims(shape: ir.Shape | None) -> list[Dim] | None:
     return out
 
 
+def static(ds: Sequence[Dim]) -> list[int] | None:
+    """The dims as ints, or None if any is symbolic or unknown."""
+    out = [d for d in ds if isinstance(d, int)]
+    return out if len(out) == len(ds) else None
+
+
 def _fmt(shape: Sequence[Dim]) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
@@ -121,12 +127,11 @@ def remap(
     while k < min(a, len(dst)) and src[k] is not None and src[k] == dst[k]:
         k += 1
     tail_src, tail_dst = list(src[k:]), list(dst[k:])
-    if any(not isinstance(d, int) for d in src[k:a]):
+    if static(src[k:a]) is None:
         return Refusal(f"{op} mixes the channel axis with a batch or symbolic axis")
-    if any(not isinstance(d, int) for d in tail_src + tail_dst):
+    static_src, static_dst = static(tail_src), static(tail_dst)
+    if static_src is None or static_dst is None:
         return Refusal(f"{op}: the shapes are not static")
-    static_src = [int(d) for d in tail_src]  # type: ignore[arg-type]
-    static_dst = [int(d) for d in tail_dst]  # type: ignore[arg-type]
     size = math.prod(static_src)
     if size != math.prod(static_dst) or size > _MAX_MAPPED:
         return Refusal(f"{op} does not keep the BN channel axis whole")
@@ -184,20 +189,17 @@ def _reshape_dims(node: ir.Node, out: bool, ctx: FoldContext) -> list[Dim] | Non
         src[i] if d == 0 and not allow_zero and i < len(src) else d for i, d in enumerate(shape)
     ]
     if -1 in result:
-        rest = [d for d in result if d != -1]
-        if result.count(-1) > 1 or not all(isinstance(d, int) for d in src + rest):
+        whole, rest = static(src), static([d for d in result if d != -1])
+        if result.count(-1) > 1 or whole is None or rest is None or math.prod(rest) == 0:
             return known
-        total = math.prod(int(d) for d in src)  # type: ignore[arg-type]
-        known_part = math.prod(int(d) for d in rest)  # type: ignore[arg-type]
-        if known_part == 0:
-            return known
-        result[result.index(-1)] = total // known_part
+        result[result.index(-1)] = math.prod(whole) // math.prod(rest)
     return result
 
 
 def _product(ds: Sequence[Dim]) -> Dim:
-    if all(isinstance(d, int) for d in ds):
-        return math.prod(int(d) for d in ds)  # type: ignore[arg-type]
+    known = static(ds)
+    if known is not None:
+        return math.prod(known)
     if len(ds) == 1:
         return ds[0]
     return None
@@ -288,9 +290,10 @@ def trace_back(value: ir.Value, cmap: ChannelMap, ctx: FoldContext) -> Source | 
             return mapped.within(f"through {producer.op_type}")
         path.append(producer)
         cmap = mapped
-        value = producer.inputs[0]
-        if value is None:
+        data = producer.inputs[0]
+        if data is None:
             return Refusal(f"the {producer.op_type} has no data input")
+        value = data
 
 
 def _pool(
