@@ -11,6 +11,7 @@ import numpy as np
 from bnfold.errors import BadInputError, UsageError
 from bnfold.verify.inputs import InputSet, input_sets, session_inputs
 from bnfold.verify.locate import Divergence, locate_divergence
+from bnfold.verify.precision import ComputePrecision, compute_precision
 from bnfold.verify.session import (
     ModelRef,
     check_opt_level,
@@ -43,9 +44,11 @@ EXACT_TOLERANCE = (0.0, 0.0)  # integers, bools, strings
 
 @dataclass
 class CheckOptions:
-    """How to compare two models. ``atol``/``rtol`` None mean the dtype default
-    (float32: 1e-5 / 1e-4, float16: 1e-3 / 1e-2, float64: 1e-9 / 1e-7, integers and bools: exact).
-    ``per_output`` maps an output name to its own (atol, rtol)."""
+    """How to compare two models. ``atol``/``rtol`` None mean the default of the lower of the
+    output's dtype and the lowest float precision the reference computes in (float32: 1e-5 /
+    1e-4, float16: 1e-3 / 1e-2, bfloat16: 1e-2 / 5e-2, float64: 1e-9 / 1e-7, integers and bools:
+    exact): an fp16 model with fp32 outputs gets fp16 tolerances. ``per_output`` maps an output
+    name to its own (atol, rtol)."""
 
     samples: int = 3
     seed: int = 0
@@ -76,14 +79,34 @@ class CheckOptions:
         check_opt_level(self.opt_level)
         check_provider(self.provider)
 
-    def tolerance(self, output: str, dtype: np.dtype | str) -> Tolerance:
+    def tolerance(
+        self, output: str, dtype: np.dtype | str, precision: ComputePrecision | None = None
+    ) -> Tolerance:
+        return self.tolerance_rule(output, dtype, precision)[0]
+
+    def tolerance_rule(
+        self, output: str, dtype: np.dtype | str, precision: ComputePrecision | None = None
+    ) -> tuple[Tolerance, str]:
+        """The tolerance for one output and the rule that chose it (for the report)."""
         if output in self.per_output:
             atol, rtol = self.per_output[output]
-            return Tolerance(atol, rtol, self.mode)
-        default = DEFAULT_TOLERANCES.get(np.dtype(dtype).name, EXACT_TOLERANCE)
+            return Tolerance(atol, rtol, self.mode), f"--output-tol {output}"
+        name = np.dtype(dtype).name
+        basis = name if precision is None else precision.lowest(name)
+        default = DEFAULT_TOLERANCES.get(basis, EXACT_TOLERANCE)
         atol = default[0] if self.atol is None else self.atol
         rtol = default[1] if self.rtol is None else self.rtol
-        return Tolerance(atol, rtol, self.mode)
+        if self.atol is not None and self.rtol is not None:
+            rule = "--atol/--rtol"
+        elif basis not in DEFAULT_TOLERANCES:
+            rule = f"exact ({name})"
+        elif basis != name and precision is not None:
+            rule = f"{basis} defaults: {precision.describe()}"
+        else:
+            rule = f"{basis} defaults"
+        if (self.atol is None) != (self.rtol is None):
+            rule += " with " + ("--atol" if self.atol is not None else "--rtol")
+        return Tolerance(atol, rtol, self.mode), rule
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(vars(self))
@@ -119,6 +142,7 @@ class OutputResult:
     stats: ErrorStats
     problem: str | None = None
     calibration: Calibration | None = None
+    rule: str = ""  # how the tolerance was chosen
 
     @property
     def passed(self) -> bool:
@@ -131,6 +155,7 @@ class OutputResult:
             "dtype": self.dtype,
             "shapes": [list(s) for s in self.shapes],
             "tolerance": vars(self.tolerance),
+            "tolerance_rule": self.rule,
             "passed": self.passed,
             "problem": self.problem,
             **self.stats.to_dict(),
@@ -149,6 +174,7 @@ class CheckResult:
     outputs: list[OutputResult]
     divergence: Divergence | None = None
     notes: list[str] = field(default_factory=list)
+    precision: str | None = None  # the lowest float the reference computes in
 
     @property
     def passed(self) -> bool:
@@ -167,6 +193,7 @@ class CheckResult:
             "input_sets": self.input_sets,
             "outputs": [o.to_dict() for o in self.outputs],
             "locate": self.divergence.to_dict() if self.divergence else None,
+            "precision": self.precision,
             "notes": self.notes,
         }
 
@@ -202,28 +229,28 @@ def _compare_output(
     ref_runs: list[dict],
     cand_runs: list[dict],
     options: CheckOptions,
+    precision: ComputePrecision | None = None,
 ) -> OutputResult:
     refs = [r[ref_name] for r in ref_runs]
     cands = [c[cand_name] for c in cand_runs]
     dtype = str(refs[0].dtype)
-    tol = options.tolerance(ref_name, refs[0].dtype)
+    tol, rule = options.tolerance_rule(ref_name, refs[0].dtype, precision)
     shapes = [tuple(r.shape) for r in refs]
     for r, c in zip(refs, cands, strict=True):
         problem = incomparable(r, c)
         if problem:
             return OutputResult(
-                ref_name, cand_name, dtype, shapes, tol, failed_stats(r.size), problem
+                ref_name, cand_name, dtype, shapes, tol, failed_stats(r.size), problem, rule=rule
             )
     if is_text(refs[0].dtype):  # strings: equal or not
         equal = all(np.array_equal(r, c) for r, c in zip(refs, cands, strict=True))
         size = sum(r.size for r in refs)
         stats = compare_arrays(np.zeros(size), np.zeros(size) if equal else np.ones(size), tol)
-        return OutputResult(ref_name, cand_name, dtype, shapes, tol, stats)
+        return OutputResult(ref_name, cand_name, dtype, shapes, tol, stats, rule=rule)
     ref_all = np.concatenate([r.ravel() for r in refs])
     cand_all = np.concatenate([c.ravel() for c in cands])
-    return OutputResult(
-        ref_name, cand_name, dtype, shapes, tol, compare_arrays(ref_all, cand_all, tol)
-    )
+    stats = compare_arrays(ref_all, cand_all, tol)
+    return OutputResult(ref_name, cand_name, dtype, shapes, tol, stats, rule=rule)
 
 
 def _calibrate(
@@ -293,16 +320,18 @@ def check_models(
     )
     ref_runs = _run_all(ref_sess, sets, [p[0] for p in pairs])
     cand_runs = _run_all(cand_sess, sets, [p[1] for p in pairs])
-    outputs = [_compare_output(r, c, ref_runs, cand_runs, options) for r, c in pairs]
+    precision = compute_precision(ref.load(with_external_data=False))
+    outputs = [_compare_output(r, c, ref_runs, cand_runs, options, precision) for r, c in pairs]
     if options.calibrate:
         _calibrate(ref, sets, outputs, ref_runs, options)
     result = CheckResult(
-        ref.display, cand.display, options, [s.label for s in sets], outputs, notes=notes
-    )
+        ref.display, cand.display, options, [s.label for s in sets], outputs, notes=notes,
+        precision=precision.dtype,
+    )  # fmt: skip
     if options.locate and not result.passed:
 
         def compare(name: str, r: np.ndarray, c: np.ndarray) -> ErrorStats:
-            return compare_arrays(r, c, options.tolerance(name, r.dtype))
+            return compare_arrays(r, c, options.tolerance(name, r.dtype, precision))
 
         result.divergence = locate_divergence(ref, cand, sets, compare, **kw)
         if result.divergence is None:

@@ -86,6 +86,9 @@ def render_check(result: CheckResult) -> Group:
                 "at least one float epsilon of the range); about 1 or below is rounding"
             )
         )
+    rules = list(dict.fromkeys(o.rule for o in result.outputs if o.rule))
+    if rules:
+        parts.append(Text(f"tolerance: {'; '.join(rules)}", "dim"))
     if result.divergence:
         parts.append(Text(result.divergence.describe(), "yellow"))
     parts.extend(Text(f"note: {note}") for note in result.notes)
