@@ -23,14 +23,17 @@ BN = nn.modules.batchnorm._BatchNorm
 Fold = tuple[nn.Module, nn.Module]  # (layer, bn): backward; (bn, layer): forward
 
 
-def randomise(model: nn.Module, seed: int) -> nn.Module:
-    """Random non-identity BN statistics (signed gamma), eval mode."""
+def randomise(model: nn.Module, seed: int, signed: bool = True) -> nn.Module:
+    """Random non-identity BN statistics (gamma of both signs unless ``signed`` is False, as
+    in trained networks, whose gammas are nearly all positive), eval mode."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, BN):
                 c = m.num_features
                 sign = torch.randint(0, 2, (c,), generator=gen) * 2 - 1
+                if not signed:
+                    sign = torch.ones_like(sign)
                 m.weight.copy_(sign * (0.5 + 1.5 * torch.rand(c, generator=gen)))
                 m.bias.copy_(torch.randn(c, generator=gen))
                 m.running_mean.copy_(torch.randn(c, generator=gen) * 2)
@@ -288,6 +291,7 @@ class Spec:
         str  # "torchscript" (dynamo=False, TrainingMode.PRESERVE) or "dynamo" (optimize=False)
     )
     design: str
+    signed_gamma: bool = True
 
 
 MODELS: dict[str, Spec] = {
@@ -297,6 +301,15 @@ MODELS: dict[str, Spec] = {
         (256,),
         "torchscript",
         "3 x (Linear(256, 256) -> ReLU -> BatchNorm1d(256)), Linear(256, 10)",
+    ),
+    "mlp_relu_bn_pos": Spec(
+        "MLP Linear→ReLU→BN→Linear, 256 wide, gamma > 0",
+        lambda: MLP("after"),
+        (256,),
+        "torchscript",
+        "as mlp_relu_bn with every gamma positive (as trained): bnfold's fold through the ReLU "
+        "(scale into the Linear before, shift into the Linear after) instead of the forward fold",
+        signed_gamma=False,
     ),
     "mlp_bn_relu": Spec(
         "MLP Linear→BN→ReLU→Linear, 256 wide",
@@ -337,4 +350,5 @@ MODELS: dict[str, Spec] = {
 def build(name: str, seed: int = 0) -> nn.Module:
     """The seeded model ``name`` with randomised BN statistics, in eval mode."""
     torch.manual_seed(seed)
-    return randomise(MODELS[name].build(), seed + len(name))
+    spec = MODELS[name]
+    return randomise(spec.build(), seed + len(name), spec.signed_gamma)
