@@ -97,6 +97,8 @@ def model_ref(model: object, label: str) -> ModelRef:
         return ModelRef(label=label, data=bytes(model))
     if isinstance(model, str | os.PathLike):
         path = Path(model)
+        if path.is_dir():
+            raise BadInputError(path, "is a directory, not an ONNX model")
         if not path.is_file():
             raise BadInputError(path, "no such file")
         return ModelRef(label=label, path=path)
