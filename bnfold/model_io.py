@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -46,23 +47,62 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     if p.stat().st_size == 0:
         raise BadInputError(p, "empty file, not an ONNX model")
     try:
-        with _quiet_loader():
-            model = ir.load(p)
-    except Exception as exc:  # protobuf DecodeError, truncated files, bad external data...
+        proto = onnx.load(p, load_external_data=False)  # what ir.load does, checked between
+    except Exception as exc:  # protobuf DecodeError, truncated files...
         raise BadInputError(p, f"not a readable ONNX model ({_load_problem(exc)})") from None
+    model = model_from_proto(proto, p)
+    del proto
+    ir.external_data.set_base_dir(model.graph, os.path.dirname(p))
     validate_model(model, p)
     # remembered so that a fold which replaces every external tensor still saves externally
     model.meta[_LOADED_EXTERNAL] = has_external_data(model)
     return model
 
 
-def model_from_proto(proto: onnx.ModelProto, label: str = "<ModelProto>") -> ir.Model:
-    """An ``ir.Model`` of an in-memory proto, or BadInputError naming ``label``."""
+def model_from_proto(proto: onnx.ModelProto, label: str | os.PathLike = "<ModelProto>") -> ir.Model:
+    """An ``ir.Model`` of a proto whose text fields are valid UTF-8, or BadInputError naming
+    ``label``."""
+    check_text(proto, label)
     try:
         with _quiet_loader():
             return ir.from_proto(proto)
     except Exception as exc:  # onnx-ir refuses e.g. a name defined twice
-        raise BadInputError(label, f"not a valid ONNX model ({_load_problem(exc)})") from None
+        raise BadInputError(label, f"not a readable ONNX model ({_load_problem(exc)})") from None
+
+
+def check_text(proto: onnx.ModelProto, label: str | os.PathLike | None = None) -> None:
+    """Refuse string fields that are not valid UTF-8 (protobuf hands them over as bytes; names
+    must print, go into JSON and serialize again). Tensor data is not looked at."""
+    stack: list[tuple[object, str]] = [(proto, "model")]
+    while stack:
+        message, where = stack.pop()
+        if isinstance(message, onnx.TensorProto):
+            texts = [("name", message.name), ("doc_string", message.doc_string)]
+            texts += [(f"external_data.{e.key!r}", e.value) for e in message.external_data]
+            texts += [("external_data key", e.key) for e in message.external_data]
+            for name, value in texts:
+                if isinstance(value, bytes):
+                    raise BadInputError(label, f"{where}.{name} is not valid UTF-8 text")
+            continue
+        for field, value in message.ListFields():  # type: ignore[attr-defined]
+            path = f"{where}.{field.name}"
+            repeated = _is_repeated(field)
+            if field.type == field.TYPE_MESSAGE:
+                items = value if repeated else [value]
+                stack.extend(
+                    (item, f"{path}[{i}]" if repeated else path) for i, item in enumerate(items)
+                )
+            elif field.type == field.TYPE_STRING:
+                for item in value if repeated else [value]:
+                    if isinstance(item, bytes):
+                        raise BadInputError(
+                            label, f"{path} is not valid UTF-8 text ({item[:40]!r})"
+                        )
+
+
+def _is_repeated(field) -> bool:
+    flag = getattr(field, "is_repeated", None)  # protobuf >= 5.28; older ones have label
+    return bool(flag) if flag is not None else field.label == field.LABEL_REPEATED
 
 
 def validate_model(model: ir.Model, path: str | os.PathLike | None = None) -> None:
@@ -329,7 +369,9 @@ def _quiet_loader() -> Iterator[None]:
     level = log.level
     log.setLevel(logging.CRITICAL + 1)
     try:
-        yield
+        with warnings.catch_warnings():  # e.g. "Ignoring unknown external data key(s)"
+            warnings.simplefilter("ignore")
+            yield
     finally:
         log.setLevel(level)
 

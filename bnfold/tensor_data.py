@@ -10,8 +10,9 @@ graph, subgraph and function of a loaded ``ir.Model`` and raises BadInputError w
   bnfold's loader, refuses to read hard-linked data files);
 - the file holds fewer bytes than the tensor's declared shape and type need at its offset, or
   the declared ``length`` is shorter than that;
-- an inline tensor declares more elements than its ``raw_data`` or typed fields hold (a tensor
-  that declares 10^12 elements and stores four bytes), or a negative dimension.
+- an inline tensor's ``raw_data`` or typed field does not hold exactly what its shape and type
+  declare (a tensor that declares 10^12 elements and stores four bytes; 32 bytes for 16), a
+  dimension is negative, or the data type is undefined.
 
 Only file metadata (``stat``) and protobuf field lengths are read, never the data itself.
 """
@@ -39,6 +40,8 @@ def check_tensors(model: ir.Model, path: str | os.PathLike | None = None) -> Non
             _check_external(tensor, path, sizes)
         elif isinstance(tensor, ir.TensorProtoTensor):
             _check_inline(tensor.raw, path)
+        elif isinstance(tensor, ir.StringTensor):
+            _check_strings(tensor, path)
 
 
 def external_data_files(model: ir.Model) -> list[Path]:
@@ -61,10 +64,12 @@ def _tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
                 yield value.const_value
         for node in graph:
             for attr in node.attributes.values():
+                # .value, not as_tensor(): its protocol check reads nbytes, which raises for
+                # a tensor without a data type
                 if attr.type == ir.AttributeType.TENSOR:
-                    yield attr.as_tensor()
+                    yield attr.value
                 elif attr.type == ir.AttributeType.TENSORS:
-                    yield from attr.as_tensors()
+                    yield from attr.value
 
 
 def _label(tensor: ir.TensorProtocol) -> str:
@@ -72,9 +77,18 @@ def _label(tensor: ir.TensorProtocol) -> str:
 
 
 def _check_shape(tensor: ir.TensorProtocol, path) -> None:
+    """Dims not negative, and a data type whose size is known (STRING is counted instead)."""
     dims = [d for d in tensor.shape if isinstance(d, int)]
     if any(d < 0 for d in dims):
         raise BadInputError(path, f"{_label(tensor)} declares a negative dimension {tuple(dims)}")
+    try:
+        dtype = tensor.dtype
+        if dtype != ir.DataType.STRING:
+            _ = dtype.itemsize
+    except (TypeError, ValueError):
+        raw = getattr(tensor, "raw", None)
+        code = raw.data_type if isinstance(raw, onnx.TensorProto) else "?"
+        raise BadInputError(path, f"{_label(tensor)} has no usable data type ({code})") from None
 
 
 def _declared_bytes(tensor: ir.TensorProtocol) -> int:
@@ -84,7 +98,9 @@ def _declared_bytes(tensor: ir.TensorProtocol) -> int:
 def _check_external(tensor: ir.ExternalTensor, path, sizes: dict[str, int]) -> None:
     _check_shape(tensor, path)
     location = os.fspath(tensor.location)
-    what = f"{_label(tensor)}: external data location '{location}'"
+    what = f"{_label(tensor)}: external data location {location!r}"
+    if "\0" in location or not location:
+        raise BadInputError(path, f"{what} is not a file name")
     if os.path.isabs(location) or PurePath(location).anchor:
         raise BadInputError(path, f"{what} is absolute; it must be relative to the model's folder")
     if ".." in PurePath(location.replace("\\", "/")).parts:
@@ -150,8 +166,6 @@ def _check_inline(proto: onnx.TensorProto, path) -> None:
             path, f"{_label(tensor)} has unknown data type {proto.data_type}"
         ) from None
     count = math.prod(int(d) for d in proto.dims)
-    if count == 0:
-        return
     if proto.data_type != onnx.TensorProto.STRING and proto.HasField("raw_data"):
         have, need, unit = len(proto.raw_data), _declared_bytes(tensor), "bytes"
     else:
@@ -163,7 +177,7 @@ def _check_inline(proto: onnx.TensorProto, path) -> None:
             need = _declared_bytes(tensor)  # sub-byte types: one packed byte per entry
         else:
             need = count
-    if have < need:
+    if have != need and not (count == 0 and have == 0):
         raise BadInputError(
             path,
             f"{_label(tensor)} is declared {_shape_text(tensor)} ({need} {unit}) but holds "
@@ -171,10 +185,19 @@ def _check_inline(proto: onnx.TensorProto, path) -> None:
         )
 
 
+def _check_strings(tensor: ir.StringTensor, path) -> None:
+    _check_shape(tensor, path)
+    count, have = math.prod(int(d) for d in tensor.shape), len(tensor.raw)
+    if have != count:
+        raise BadInputError(
+            path, f"{_label(tensor)} is declared {_shape_text(tensor)} but holds {have} strings"
+        )
+
+
 def _shape_text(tensor: ir.TensorProtocol) -> str:
     dims = "x".join(str(d) for d in tensor.shape) or "scalar"
     try:
-        dtype = tensor.dtype.numpy().name
+        dtype = "string" if tensor.dtype == ir.DataType.STRING else tensor.dtype.numpy().name
     except (TypeError, ValueError):
         dtype = tensor.dtype.name.lower()
     return f"{dims} {dtype}"

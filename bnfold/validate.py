@@ -10,6 +10,14 @@ every model-local function, and raises BadInputError for:
   initializer of this graph or an enclosing one);
 - a name defined twice in one graph (two graph inputs, or a node output that repeats an input,
   an initializer or another node's output);
+- a default-domain node whose operator the opset does not define, or whose attributes the
+  operator's schema does not accept: an unknown name, the wrong type (``epsilon`` as an int, an
+  attribute with no type), a required one missing, a ``Constant`` without exactly one value;
+  or too few or too many inputs or outputs, or a required input left empty. onnxruntime
+  refuses all of these at load ("This is an invalid model"), and the folds rely on them;
+- a Conv or ConvTranspose bias that is not a vector of one value per output channel (where the
+  weight's shape says how many): onnxruntime fails when it runs ("bias must be a 1D tensor of
+  size output_channels");
 - a BatchNormalization (spatial, opset 6 and later) whose scale, B, mean or var is not a vector,
   whose lengths disagree with each other, or disagree with the channels of its input where they
   are known: the weight of the Conv (dim 0), ConvTranspose (dim 1 x group) or Gemm (N) that
@@ -36,9 +44,11 @@ chains, reading their declared shapes only.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 
+import onnx
 import onnx_ir as ir
 
 from bnfold.errors import BadInputError
@@ -55,8 +65,14 @@ def validate_graph(model: ir.Model, path: str | os.PathLike | None = None) -> No
         _check_defined(graph, chain, where, path)
         _check_acyclic(graph, where, path)
         for node in graph:
-            if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx"):
-                _check_batchnorm(node, _opset(node, graph, model), main_inputs, where, path)
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            opset = _opset(node, graph, model)
+            _check_schema(node, opset, where, path)
+            if node.op_type == "BatchNormalization":
+                _check_batchnorm(node, opset, main_inputs, where, path)
+            elif node.op_type in ("Conv", "ConvTranspose"):
+                _check_conv_bias(node, main_inputs, where, path)
 
 
 def _scopes(model: ir.Model) -> Iterator[tuple[ir.Graph, tuple[ir.Graph, ...], str]]:
@@ -172,6 +188,73 @@ def _check_acyclic(graph: ir.Graph, where: str, path) -> None:
         )
 
 
+@functools.lru_cache(maxsize=1024)
+def _schema(op_type: str, opset: int) -> onnx.defs.OpSchema | None:
+    try:
+        return onnx.defs.get_schema(op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return None
+
+
+_CONSTANT_VALUES = frozenset(
+    {"value", "sparse_value", "value_float", "value_floats", "value_int", "value_ints",
+     "value_string", "value_strings"}
+)  # fmt: skip
+
+
+def _check_schema(node: ir.Node, opset: int, where: str, path) -> None:
+    if opset < 1:
+        return  # no default-domain opset imported: validate_model reports that
+    schema = _schema(node.op_type, opset)
+    label = f"{where}{_node_text(node)}"
+    if schema is None:
+        raise BadInputError(path, f"{label}: opset {opset} has no operator {node.op_type}")
+    accepted = schema.attributes
+    for name, attr in node.attributes.items():
+        if attr.is_ref():
+            continue  # a function's attribute reference: typed where the function is called
+        spec = accepted.get(name)
+        if spec is None:
+            raise BadInputError(
+                path, f"{label}: {node.op_type}-{schema.since_version} has no attribute '{name}'"
+            )
+        if int(attr.type) != int(spec.type):
+            raise BadInputError(
+                path,
+                f"{label}: attribute '{name}' is {attr.type.name}, the operator wants "
+                f"{spec.type.name}",
+            )
+    n_in, n_out = len(node.inputs), len(node.outputs)
+    if not schema.min_input <= n_in <= schema.max_input:
+        raise BadInputError(
+            path, f"{label}: has {n_in} inputs, {node.op_type} takes {_range(schema, 'input')}"
+        )
+    if not schema.min_output <= n_out <= schema.max_output:
+        raise BadInputError(
+            path, f"{label}: has {n_out} outputs, {node.op_type} makes {_range(schema, 'output')}"
+        )
+    single = onnx.defs.OpSchema.FormalParameterOption.Single
+    for i, (formal, value) in enumerate(zip(schema.inputs, node.inputs, strict=False)):
+        if formal.option == single and value is None:
+            raise BadInputError(path, f"{label}: required input {i} ({formal.name}) is empty")
+    missing = [n for n, spec in accepted.items() if spec.required and n not in node.attributes]
+    if missing:
+        raise BadInputError(path, f"{label}: required attribute '{missing[0]}' is missing")
+    if node.op_type == "Constant":
+        given = [n for n in node.attributes if n in _CONSTANT_VALUES]
+        if len(given) != 1:
+            raise BadInputError(
+                path, f"{label}: a Constant needs exactly one value attribute, it has {len(given)}"
+            )
+
+
+def _range(schema: onnx.defs.OpSchema, what: str) -> str:
+    low, high = getattr(schema, f"min_{what}"), getattr(schema, f"max_{what}")
+    if low == high:
+        return str(low)
+    return f"at least {low}" if high >= 2**31 - 1 else f"{low} to {high}"
+
+
 def _opset(node: ir.Node, graph: ir.Graph, model: ir.Model) -> int:
     if node.version is not None:
         return node.version
@@ -236,22 +319,44 @@ def _producer_channels(
     producer = data.producer()
     if producer is None or producer.domain not in ("", "ai.onnx") or len(producer.inputs) < 2:
         return None, None
-    weight = _declared_shape(producer.inputs[1], main_inputs)
     op = producer.op_type
+    weight = _declared_shape(producer.inputs[1], main_inputs)
     channels = None
-    if op == "Conv":
-        channels = _static_dim(weight, 0)
-    elif op == "ConvTranspose":
-        per_group = _static_dim(weight, 1)
-        group = producer.attributes.get("group")
-        groups = int(group.as_int()) if group is not None else 1
-        channels = per_group * groups if per_group is not None and groups > 0 else None
+    if op in ("Conv", "ConvTranspose"):
+        channels = _conv_channels(producer, main_inputs)
     elif op == "Gemm" and weight is not None and len(weight) == 2:
         trans = producer.attributes.get("transB")
         channels = _static_dim(weight, 0 if trans is not None and trans.as_int() else 1)
     if channels is None:
         return None, None
     return channels, f"the {_node_text(producer)} that produces its input"
+
+
+def _conv_channels(node: ir.Node, main_inputs: set[int]) -> int | None:
+    """Output channels of a Conv (weight dim 0) or ConvTranspose (dim 1 x group), if known."""
+    if len(node.inputs) < 2:
+        return None
+    weight = _declared_shape(node.inputs[1], main_inputs)
+    if node.op_type == "Conv":
+        return _static_dim(weight, 0)
+    per_group = _static_dim(weight, 1)
+    group = node.attributes.get("group")
+    groups = int(group.as_int()) if group is not None else 1
+    return per_group * groups if per_group is not None and groups > 0 else None
+
+
+def _check_conv_bias(node: ir.Node, main_inputs: set[int], where: str, path) -> None:
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    shape = _declared_shape(bias, main_inputs)
+    if shape is None:
+        return
+    channels = _conv_channels(node, main_inputs)
+    if len(shape) != 1 or (channels is not None and shape[0] not in (None, channels)):
+        want = f"({channels},)" if channels is not None else "a vector"
+        raise BadInputError(
+            path,
+            f"{where}{_node_text(node)}: bias has shape {_text(shape)}, onnxruntime needs {want}",
+        )
 
 
 def _check_batchnorm(node: ir.Node, opset: int, main_inputs: set[int], where: str, path) -> None:

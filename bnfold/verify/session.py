@@ -141,7 +141,7 @@ def make_session(
     """
     so = ort.SessionOptions()
     so.graph_optimization_level = check_opt_level(opt_level)
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors come back as exceptions, said in one line
     if threads is not None:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
