@@ -8,6 +8,9 @@ every model-local function, and raises BadInputError for:
   an outer value, on its own output);
 - a node input or graph output that nothing defines (not a node output, graph input or
   initializer of this graph or an enclosing one);
+- a value (graph input or output, node output, ``value_info``) whose tensor type has no element
+  type (onnxruntime: "Invalid tensor data type 0"); a default-domain opset outside what onnx
+  knows, in the model or a function;
 - a name defined twice in one graph (two graph inputs, or a node output that repeats an input,
   an initializer or another node's output);
 - a default-domain node whose operator the opset does not define, or whose attributes the
@@ -15,6 +18,9 @@ every model-local function, and raises BadInputError for:
   attribute with no type), a required one missing, a ``Constant`` without exactly one value;
   or too few or too many inputs or outputs, or a required input left empty. onnxruntime
   refuses all of these at load ("This is an invalid model"), and the folds rely on them;
+- a MatMul or Gemm whose operand shapes (where constants or main-graph inputs declare them)
+  cannot multiply: Gemm operands not of rank 2, inner dimensions that differ (onnxruntime:
+  "Incompatible dimensions for matrix multiplication");
 - a Conv or ConvTranspose bias that is not a vector of one value per output channel (where the
   weight's shape says how many): onnxruntime fails when it runs ("bias must be a 1D tensor of
   size output_channels");
@@ -60,7 +66,11 @@ _MAX_IDENTITY_CHAIN = 64
 def validate_graph(model: ir.Model, path: str | os.PathLike | None = None) -> None:
     """Raise BadInputError (naming ``path``) if any graph or function of ``model`` is invalid."""
     main_inputs = {id(v) for v in model.graph.inputs}
+    for function in model.functions.values():
+        _check_opsets(function.opset_imports, f"function '{function.name}'", path)
     for graph, chain, where in _scopes(model):
+        _check_opsets(graph.opset_imports, f"{where}graph", path)
+        _check_types(graph, where, path)
         _check_names(graph, where, path)
         _check_defined(graph, chain, where, path)
         _check_acyclic(graph, where, path)
@@ -73,6 +83,8 @@ def validate_graph(model: ir.Model, path: str | os.PathLike | None = None) -> No
                 _check_batchnorm(node, opset, main_inputs, where, path)
             elif node.op_type in ("Conv", "ConvTranspose"):
                 _check_conv_bias(node, main_inputs, where, path)
+            elif node.op_type in ("MatMul", "Gemm"):
+                _check_matmul(node, main_inputs, where, path)
 
 
 def _scopes(model: ir.Model) -> Iterator[tuple[ir.Graph, tuple[ir.Graph, ...], str]]:
@@ -100,6 +112,29 @@ def _subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
 
 def _node_text(node: ir.Node) -> str:
     return f"{node.op_type} node '{node.name}'" if node.name else f"unnamed {node.op_type} node"
+
+
+def _check_opsets(imports: dict[str, int], what: str, path) -> None:
+    for domain in ("", "ai.onnx"):
+        version = imports.get(domain)
+        if version is not None and not 1 <= version <= onnx.defs.onnx_opset_version():
+            raise BadInputError(
+                path,
+                f"{what} imports default-domain opset {version} (this onnx supports 1 to "
+                f"{onnx.defs.onnx_opset_version()})",
+            )
+
+
+def _check_types(graph: ir.Graph, where: str, path) -> None:
+    values = [*graph.inputs, *graph.outputs, *(v for n in graph for v in n.outputs)]
+    for value in values:
+        kind = value.type
+        while kind is not None and not isinstance(kind, ir.TensorType):
+            kind = getattr(kind, "elem_type", None)  # sequence / optional of a tensor
+        if kind is not None and kind.dtype in (None, ir.DataType.UNDEFINED):
+            raise BadInputError(
+                path, f"{where}value '{value.name}' has a tensor type with no element type"
+            )
 
 
 def _check_names(graph: ir.Graph, where: str, path) -> None:
@@ -192,7 +227,7 @@ def _check_acyclic(graph: ir.Graph, where: str, path) -> None:
 def _schema(op_type: str, opset: int) -> onnx.defs.OpSchema | None:
     try:
         return onnx.defs.get_schema(op_type, opset, "")
-    except onnx.defs.SchemaError:
+    except (onnx.defs.SchemaError, TypeError, OverflowError):
         return None
 
 
@@ -356,6 +391,35 @@ def _check_conv_bias(node: ir.Node, main_inputs: set[int], where: str, path) -> 
         raise BadInputError(
             path,
             f"{where}{_node_text(node)}: bias has shape {_text(shape)}, onnxruntime needs {want}",
+        )
+
+
+def _attr_int(node: ir.Node, name: str, default: int) -> int:
+    attr = node.attributes.get(name)
+    return default if attr is None else int(attr.as_int())
+
+
+def _check_matmul(node: ir.Node, main_inputs: set[int], where: str, path) -> None:
+    a, b = (_declared_shape(v, main_inputs) for v in node.inputs[:2])
+    label = f"{where}{_node_text(node)}"
+    if node.op_type == "Gemm":
+        for name, shape in (("A", a), ("B", b)):
+            if shape is not None and len(shape) != 2:
+                raise BadInputError(
+                    path, f"{label}: {name} has shape {_text(shape)}, Gemm needs rank 2"
+                )
+        ka = _static_dim(a, 0 if _attr_int(node, "transA", 0) else 1)
+        kb = _static_dim(b, 1 if _attr_int(node, "transB", 0) else 0)
+    else:
+        if (a is not None and len(a) == 0) or (b is not None and len(b) == 0):
+            raise BadInputError(path, f"{label}: MatMul operands cannot be scalars")
+        ka = _static_dim(a, len(a) - 1) if a else None
+        kb = _static_dim(b, 0 if len(b) == 1 else len(b) - 2) if b else None
+    if ka is not None and kb is not None and ka != kb:
+        raise BadInputError(
+            path,
+            f"{label}: operands of shapes {_text(a or ())} and {_text(b or ())} cannot multiply "
+            f"(inner dimensions {ka} and {kb})",
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -184,3 +185,47 @@ def test_string_tensor_without_its_strings():
     model = sm.conv_bn()
     model.graph.initializer[2].data_type = TensorProto.STRING
     _refused(model, "tensor 'gamma' is declared 4 string but holds 0 strings")
+
+
+def test_function_importing_an_impossible_opset(tmp_path):
+    """TypeError from onnx.defs.get_schema (an opset of 10^12 does not fit its int)."""
+    model = onnx.load(Path(__file__).resolve().parent.parent / "models" / "local_function.onnx")
+    model.functions[0].opset_import[0].version = 10**12
+    _refused(model, "function 'ConvBn' imports default-domain opset 1000000000000")
+
+
+def test_value_with_an_untyped_tensor_type():
+    """SerdeError writing the folded model ("serialize_type_into with: Tensor(None)");
+    onnxruntime: "Invalid tensor data type 0"."""
+    from test_safety_validate import ort_runs
+
+    model = sm.conv_bn()
+    model.graph.value_info.append(helper.make_tensor_value_info("c", TensorProto.UNDEFINED, None))
+    assert not ort_runs(model)
+    _refused(model, "value 'c' has a tensor type with no element type")
+
+
+def test_matmul_whose_operands_cannot_multiply():
+    """SerdeError writing the model: MatMul((8,), (32, 16)) -> BN was folded into a Gemm whose
+    output had no type; onnxruntime refuses the input at load."""
+    from test_safety_validate import ort_runs
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["v", "w"], ["mm"], name="fc"),
+            helper.make_node("BatchNormalization", ["mm", "g", "b", "m", "var"], ["y"], name="bn"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            onnx.numpy_helper.from_array(rng.random(8).astype(np.float32), "v"),
+            onnx.numpy_helper.from_array(rng.random((32, 16)).astype(np.float32), "w"),
+            *(onnx.numpy_helper.from_array(np.ones(16, np.float32), n) for n in "gbm"),
+            onnx.numpy_helper.from_array(np.ones(16, np.float32), "var"),
+        ],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert not ort_runs(model)
+    _refused(model, r"operands of shapes \(8,\) and \(32, 16\) cannot multiply")
