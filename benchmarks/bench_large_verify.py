@@ -11,7 +11,9 @@ pages it touched, like VmHWM):
 * with ``--before REV``, the default ``fold`` of that git revision of bnfold (both sessions held
   at once), for comparison.
 
-Timings come from each run's ``--report``; the model and every output are deleted afterwards.
+Each is run ``--repeat`` times, interleaved; the run with the median wall time is reported (its
+peak and timings). Timings come from each run's ``--report`` ("save" includes the fsync of the
+written files); the model and every output are deleted afterwards.
 Writes ``benchmarks/results/large_verify.json`` and prints a table.
 
     python benchmarks/bench_large_verify.py [--layers 22] [--workdir DIR] [--before 700c8a9]
@@ -46,9 +48,12 @@ def _make(folder: Path, layers: int) -> tuple[Path, int]:
     return path, path.stat().st_size + (folder / "large.onnx.data").stat().st_size
 
 
-def _run(cmd: list[str], env: dict[str, str] | None = None) -> dict:
+def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> dict:
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    # cwd away from the checkout: ``python -m`` puts the cwd first on sys.path
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     err = proc.stderr.read().decode() if proc.stderr else ""
@@ -60,7 +65,7 @@ def _run(cmd: list[str], env: dict[str, str] | None = None) -> dict:
 
 def _fold(model: Path, out: Path, report: Path, *extra: str, env=None) -> dict:
     cmd = [sys.executable, "-m", "bnfold", "fold", str(model), "-o", str(out), "-q"]
-    result = _run([*cmd, "--report", str(report), *extra], env)
+    result = _run([*cmd, "--report", str(report), *extra], model.parent, env)
     timings = json.loads(report.read_text())["timings"]
     result["timings_s"] = timings
     for p in (out, Path(str(out) + ".data"), report):
@@ -70,6 +75,7 @@ def _fold(model: Path, out: Path, report: Path, *extra: str, env=None) -> dict:
 
 def _checkout(rev: str, folder: Path) -> Path:
     """bnfold at git revision ``rev``, unpacked into ``folder`` (importable from there)."""
+    folder.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", rev, "bnfold"], capture_output=True, check=True
     ).stdout
@@ -82,6 +88,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=22, help="151 MB of weight per layer")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--before", default=None, help="also run this git revision's fold")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each; the median is kept")
     parser.add_argument("--out", type=Path, default=RESULTS / "large_verify.json")
     args = parser.parse_args()
     runs: dict[str, dict] = {}
@@ -92,15 +99,23 @@ def main() -> None:
         made = time.perf_counter() - start
         print(f"model: {size / 2**30:.2f} GiB in {made:.0f} s ({model})", flush=True)
         out, report = folder / "out.onnx", folder / "report.json"
-        subprocess.run(["sync"], check=False)
-        runs["fold --no-verify"] = _fold(model, out, report, "--no-verify")
-        subprocess.run(["sync"], check=False)
-        runs["fold (verified)"] = _fold(model, out, report)
+        plans: list[tuple[str, tuple[str, ...], dict[str, str] | None]] = [
+            ("fold --no-verify", ("--no-verify",), None),
+            ("fold (verified)", (), None),
+        ]
         if args.before:
             old = _checkout(args.before, folder / "before")
-            env = {**os.environ, "PYTHONPATH": str(old)}
+            plans.append(
+                (f"fold (verified), {args.before}", (), {**os.environ, "PYTHONPATH": str(old)})
+            )
+        for name, extra, env in plans:
             subprocess.run(["sync"], check=False)
-            runs[f"fold (verified), {args.before}"] = _fold(model, out, report, env=env)
+            runs[name] = _fold(model, out, report, *extra, env=env)
+            print(
+                f"{name}: {runs[name]['wall_s']:.1f} s, peak {runs[name]['peak_rss_bytes'] / 2**20:.0f} MiB",
+                flush=True,
+            )
+        if args.before:
             shutil.rmtree(old)
     rows = []
     for name, r in runs.items():
@@ -112,6 +127,7 @@ def main() -> None:
                 "save_s": round(t.get("save", 0), 2),
                 "verify_s": round(t["verify"], 2) if "verify" in t else None,
                 "wall_s": round(r["wall_s"], 2),
+                "all_wall_s": [round(w, 2) for w in r["all_wall_s"]],
                 "peak_rss_mib": round(r["peak_rss_bytes"] / 2**20),
                 "peak_over_model": round(r["peak_rss_bytes"] / size, 3),
             }
