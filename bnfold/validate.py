@@ -75,9 +75,16 @@ def validate_graph(model: ir.Model, path: str | os.PathLike | None = None) -> No
         _check_defined(graph, chain, where, path)
         _check_acyclic(graph, where, path)
         for node in graph:
+            _check_node(node, where, path)
             if node.domain not in ("", "ai.onnx"):
                 continue
             opset = _opset(node, graph, model)
+            if opset < 1:
+                raise BadInputError(
+                    path,
+                    f"{where}{_node_text(node)} is an ONNX operator but no default-domain "
+                    "opset is imported",
+                )
             _check_schema(node, opset, where, path)
             if node.op_type == "BatchNormalization":
                 _check_batchnorm(node, opset, main_inputs, where, path)
@@ -237,9 +244,16 @@ _CONSTANT_VALUES = frozenset(
 )  # fmt: skip
 
 
+def _check_node(node: ir.Node, where: str, path) -> None:
+    """What any node needs, whatever its domain: an operator name, typed attributes."""
+    if not node.op_type:
+        raise BadInputError(path, f"{where}a node named '{node.name}' has no operator type")
+    for name, attr in node.attributes.items():
+        if attr.type == ir.AttributeType.UNDEFINED:
+            raise BadInputError(path, f"{where}{_node_text(node)}: attribute '{name}' has no type")
+
+
 def _check_schema(node: ir.Node, opset: int, where: str, path) -> None:
-    if opset < 1:
-        return  # no default-domain opset imported: validate_model reports that
     schema = _schema(node.op_type, opset)
     label = f"{where}{_node_text(node)}"
     if schema is None:
@@ -424,7 +438,8 @@ def _check_matmul(node: ir.Node, main_inputs: set[int], where: str, path) -> Non
 
 
 def _check_batchnorm(node: ir.Node, opset: int, main_inputs: set[int], where: str, path) -> None:
-    label = f"{where}BatchNormalization '{node.name or node.outputs[0].name}'"
+    name = node.name or (node.outputs[0].name if node.outputs else "")
+    label = f"{where}BatchNormalization '{name}'"
     if opset < 6:
         return  # consumed_inputs era: the fold refuses it
     spatial = node.attributes.get("spatial")

@@ -48,15 +48,19 @@ def test_attribute_of_the_wrong_type():
     _refused(model, "attribute 'epsilon' is INT, the operator wants FLOAT")
 
 
-@pytest.mark.parametrize("value", [[1, 2], None], ids=["INTS", "no type"])
-def test_conv_group_of_the_wrong_type(value):
+@pytest.mark.parametrize(
+    "value, message",
+    [([1, 2], "attribute 'group' is INTS, the operator wants INT"), (None, "'group' has no type")],
+    ids=["INTS", "no type"],
+)
+def test_conv_group_of_the_wrong_type(value, message):
     """TypeError "Attribute 'group' is not of type INT. Actual type: INTS / UNDEFINED"."""
     model = sm.conv_bn()
     if value is None:
         model.graph.node[0].attribute.add(name="group")
     else:
         model.graph.node[0].attribute.append(helper.make_attribute("group", value))
-    _refused(model, "attribute 'group' is (INTS|UNDEFINED), the operator wants INT")
+    _refused(model, message)
 
 
 def test_raw_data_longer_than_declared():
@@ -229,3 +233,26 @@ def test_matmul_whose_operands_cannot_multiply():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert not ort_runs(model)
     _refused(model, r"operands of shapes \(8,\) and \(32, 16\) cannot multiply")
+
+
+def test_function_using_onnx_operators_without_importing_an_opset():
+    """IndexError labelling a BatchNormalization with no outputs in a function of a model that
+    imports no default-domain opset: the schema check (which counts outputs) was skipped."""
+    model = onnx.load(Path(__file__).resolve().parent.parent / "models" / "local_function.onnx")
+    for imports in (model.opset_import, model.functions[0].opset_import):
+        kept = [o for o in imports if o.domain not in ("", "ai.onnx")]
+        del imports[:]
+        imports.extend(kept)
+    _refused(model, "is an ONNX operator but no default-domain opset is imported")
+
+
+def test_custom_node_with_an_untyped_attribute_or_no_operator():
+    """SerdeError writing the model: "Unsupported attribute type: UNDEFINED"."""
+    model = sm.conv_bn()
+    model.opset_import.append(helper.make_opsetid("custom", 1))
+    model.graph.node.append(helper.make_node("Tag", ["y"], ["t"], domain="custom", name="tag"))
+    model.graph.node[-1].attribute.add(name="colour")
+    _refused(model, "Tag node 'tag': attribute 'colour' has no type")
+    model.graph.node[-1].ClearField("attribute")
+    model.graph.node[-1].op_type = ""
+    _refused(model, "a node named 'tag' has no operator type")
