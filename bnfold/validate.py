@@ -24,6 +24,8 @@ every model-local function, and raises BadInputError for:
 - a Conv or ConvTranspose bias that is not a vector of one value per output channel (where the
   weight's shape says how many): onnxruntime fails when it runs ("bias must be a 1D tensor of
   size output_channels");
+- a BatchNormalization whose input has rank below 2 where that is known (a main-graph input, a
+  constant, a MatMul of a vector): onnxruntime fails to load it;
 - a BatchNormalization (spatial, opset 6 and later) whose scale, B, mean or var is not a vector,
   whose lengths disagree with each other, or disagree with the channels of its input where they
   are known: the weight of the Conv (dim 0), ConvTranspose (dim 1 x group) or Gemm (N) that
@@ -437,6 +439,21 @@ def _check_matmul(node: ir.Node, main_inputs: set[int], where: str, path) -> Non
         )
 
 
+def _rank(value: ir.Value | None, main_inputs: set[int]) -> int | None:
+    """The rank of a constant, a main-graph input, or a MatMul of operands of known rank."""
+    shape = _declared_shape(value, main_inputs)
+    if shape is not None:
+        return len(shape)
+    producer = value.producer() if value is not None else None
+    if producer is None or producer.op_type != "MatMul" or producer.domain not in ("", "ai.onnx"):
+        return None
+    ranks = [_rank(v, main_inputs) if v is not None else None for v in producer.inputs[:2]]
+    if len(ranks) < 2 or ranks[0] is None or ranks[1] is None:
+        return None
+    ra, rb = ranks
+    return max(0, max(ra, rb) - (ra == 1) - (rb == 1))  # a vector operand loses its axis
+
+
 def _check_batchnorm(node: ir.Node, opset: int, main_inputs: set[int], where: str, path) -> None:
     name = node.name or (node.outputs[0].name if node.outputs else "")
     label = f"{where}BatchNormalization '{name}'"
@@ -448,6 +465,11 @@ def _check_batchnorm(node: ir.Node, opset: int, main_inputs: set[int], where: st
     present = sum(v is not None for v in node.inputs[:5])
     if present < 5:
         raise BadInputError(path, f"{label}: has {present} of the 5 inputs the operator needs")
+    rank = _rank(node.inputs[0], main_inputs)
+    if rank is not None and rank < 2:
+        raise BadInputError(
+            path, f"{label}: its input has rank {rank}; BatchNormalization needs (N, C, ...)"
+        )
     lengths: dict[str, int] = {}
     for name, value in zip(_BN_PARAMS, node.inputs[1:5], strict=True):
         shape = _declared_shape(value, main_inputs)

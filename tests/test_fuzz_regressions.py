@@ -256,3 +256,30 @@ def test_custom_node_with_an_untyped_attribute_or_no_operator():
     model.graph.node[-1].ClearField("attribute")
     model.graph.node[-1].op_type = ""
     _refused(model, "a node named 'tag' has no operator type")
+
+
+@pytest.mark.parametrize("x_dims", [[16], None], ids=["graph input", "MatMul of a vector"])
+def test_batchnorm_on_a_rank_1_input(x_dims):
+    """SerdeError writing the model: BN after MatMul((32,), (32, 16)) was folded into a Gemm
+    whose output had no type; onnxruntime refuses the input at load."""
+    from test_safety_validate import ort_runs
+
+    rng = np.random.default_rng(0)
+    params = [onnx.numpy_helper.from_array(np.ones(16, np.float32), n) for n in "gbmv"]
+    if x_dims is None:
+        nodes = [helper.make_node("MatMul", ["a", "w"], ["mm"], name="fc")]
+        params += [
+            onnx.numpy_helper.from_array(rng.random(32).astype(np.float32), "a"),
+            onnx.numpy_helper.from_array(rng.random((32, 16)).astype(np.float32), "w"),
+        ]
+        source, x_dims = "mm", [1]
+    else:
+        nodes, source = [], "x"
+    nodes.append(helper.make_node("BatchNormalization", [source, *"gbmv"], ["y"], name="bn"))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], params,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert not ort_runs(model)
+    _refused(model, "BatchNormalization 'bn': its input has rank 1")
