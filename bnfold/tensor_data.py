@@ -91,8 +91,13 @@ def _check_shape(tensor: ir.TensorProtocol, path) -> None:
         raise BadInputError(path, f"{_label(tensor)} has no usable data type ({code})") from None
 
 
+def _count(tensor: ir.TensorProtocol) -> int:
+    """Elements the tensor's (static) shape declares."""
+    return math.prod(tensor.shape.numpy())
+
+
 def _declared_bytes(tensor: ir.TensorProtocol) -> int:
-    return math.ceil(tensor.dtype.itemsize * math.prod(int(d) for d in tensor.shape))
+    return math.ceil(tensor.dtype.itemsize * _count(tensor))
 
 
 def _check_external(tensor: ir.ExternalTensor, path, sizes: dict[str, int]) -> None:
@@ -144,7 +149,7 @@ def _check_external(tensor: ir.ExternalTensor, path, sizes: dict[str, int]) -> N
 
 
 # TensorProto typed field holding each data type (elements per entry is 1 unless noted)
-_TYPED_FIELDS = {
+_TYPED_FIELDS: dict[int, str] = {
     onnx.TensorProto.FLOAT: "float_data",
     onnx.TensorProto.COMPLEX64: "float_data",
     onnx.TensorProto.DOUBLE: "double_data",
@@ -165,7 +170,7 @@ def _check_inline(proto: onnx.TensorProto, path) -> None:
         raise BadInputError(
             path, f"{_label(tensor)} has unknown data type {proto.data_type}"
         ) from None
-    count = math.prod(int(d) for d in proto.dims)
+    count = _count(tensor)
     if proto.data_type != onnx.TensorProto.STRING and proto.HasField("raw_data"):
         have, need, unit = len(proto.raw_data), _declared_bytes(tensor), "bytes"
     else:
@@ -187,7 +192,7 @@ def _check_inline(proto: onnx.TensorProto, path) -> None:
 
 def _check_strings(tensor: ir.StringTensor, path) -> None:
     _check_shape(tensor, path)
-    count, have = math.prod(int(d) for d in tensor.shape), len(tensor.raw)
+    count, have = _count(tensor), len(tensor.raw)
     if have != count:
         raise BadInputError(
             path, f"{_label(tensor)} is declared {_shape_text(tensor)} but holds {have} strings"

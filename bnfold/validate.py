@@ -240,6 +240,12 @@ def _schema(op_type: str, opset: int) -> onnx.defs.OpSchema | None:
         return None
 
 
+# onnx schema attribute types -> onnx-ir's (the same names)
+_ATTR_TYPES = {
+    getattr(onnx.defs.OpSchema.AttrType, t.name): t
+    for t in ir.AttributeType
+    if hasattr(onnx.defs.OpSchema.AttrType, t.name)
+}
 _CONSTANT_VALUES = frozenset(
     {"value", "sparse_value", "value_float", "value_floats", "value_int", "value_ints",
      "value_string", "value_strings"}
@@ -269,11 +275,12 @@ def _check_schema(node: ir.Node, opset: int, where: str, path) -> None:
             raise BadInputError(
                 path, f"{label}: {node.op_type}-{schema.since_version} has no attribute '{name}'"
             )
-        if int(attr.type) != int(spec.type):
+        wanted = _ATTR_TYPES.get(spec.type)
+        if wanted is not None and attr.type != wanted:
             raise BadInputError(
                 path,
                 f"{label}: attribute '{name}' is {attr.type.name}, the operator wants "
-                f"{spec.type.name}",
+                f"{wanted.name}",
             )
     n_in, n_out = len(node.inputs), len(node.outputs)
     if not schema.min_input <= n_in <= schema.max_input:
@@ -349,7 +356,7 @@ def _constant_shape(node: ir.Node) -> tuple[int | None, ...] | None:
     return None
 
 
-def _dims(shape: ir.Shape) -> tuple[int | None, ...]:
+def _dims(shape: ir.ShapeProtocol) -> tuple[int | None, ...]:
     return tuple(d if isinstance(d, int) else None for d in shape)
 
 
@@ -447,10 +454,11 @@ def _rank(value: ir.Value | None, main_inputs: set[int]) -> int | None:
     producer = value.producer() if value is not None else None
     if producer is None or producer.op_type != "MatMul" or producer.domain not in ("", "ai.onnx"):
         return None
-    ranks = [_rank(v, main_inputs) if v is not None else None for v in producer.inputs[:2]]
-    if len(ranks) < 2 or ranks[0] is None or ranks[1] is None:
+    if len(producer.inputs) < 2:
         return None
-    ra, rb = ranks
+    ra, rb = (_rank(v, main_inputs) for v in producer.inputs[:2])
+    if ra is None or rb is None:
+        return None
     return max(0, max(ra, rb) - (ra == 1) - (rb == 1))  # a vector operand loses its axis
 
 
@@ -488,7 +496,10 @@ def _check_batchnorm(node: ir.Node, opset: int, main_inputs: set[int], where: st
         raise BadInputError(path, f"{label}: parameter lengths disagree ({detail})")
     if not lengths:
         return
-    channels, source = _producer_channels(node.inputs[0], main_inputs)
+    data = node.inputs[0]
+    if data is None:
+        return
+    channels, source = _producer_channels(data, main_inputs)
     name, length = next(iter(lengths.items()))
     if channels is not None and length != channels:
         raise BadInputError(

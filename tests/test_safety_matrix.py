@@ -375,3 +375,17 @@ def test_training_output_fault(tmp_path, case):
     ckpt.write_bytes(b"not a torch checkpoint")
     make, texts = TRAIN_CASES[case]
     assert_refused(tmp_path, make(tmp_path, {"ckpt": ckpt}), *texts)
+
+
+@torch_cases
+@pytest.mark.train
+def test_export_opset_the_exporter_cannot_write(tmp_path):
+    """torch's RuntimeError "Unsupported onnx_opset_version: 99" was a traceback (exit 1)."""
+    rc, lines, _ = invoke(["train", "--model", "mlp", "--epochs", "1", "--out", tmp_path / "run"])
+    assert rc == 0, lines
+    before = snapshot(tmp_path)
+    rc, lines, _ = invoke(
+        ["export", tmp_path / "run" / "mlp.pt", "-o", tmp_path / "e.onnx", "--opset", "99"]
+    )
+    assert rc == 2 and len(lines) == 1 and "supports (up to 20)" in lines[0], lines
+    assert snapshot(tmp_path) == before
