@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,10 +12,17 @@ from typing import TYPE_CHECKING, Any
 import onnx
 import onnx_ir as ir
 
+from bnfold import paths
 from bnfold.engine import FoldPass
 from bnfold.errors import BadInputError, UsageError, VerificationError
 from bnfold.folds.context import FoldOptions
-from bnfold.model_io import load_model, save_model, staged_save, validate_model
+from bnfold.model_io import (
+    load_model,
+    model_from_proto,
+    save_model,
+    staged_save,
+    validate_model,
+)
 from bnfold.report import FoldReport
 
 if TYPE_CHECKING:
@@ -45,14 +52,13 @@ def as_ir_model(model: ModelLike) -> tuple[ir.Model, str | None]:
     """Load or convert ``model``; an ``ir.Model`` is used as is (folding changes it)."""
     if isinstance(model, ir.Model):
         return model, None
-    if isinstance(model, onnx.ModelProto):
-        return ir.from_proto(model), None
     if isinstance(model, bytes):
         try:
-            proto = onnx.load_from_string(model)
+            model = onnx.load_from_string(model)
         except Exception as exc:
             raise BadInputError("<bytes>", f"not an ONNX model ({exc})") from None
-        return ir.from_proto(proto), None
+    if isinstance(model, onnx.ModelProto):
+        return model_from_proto(model), None
     return load_model(model), os.fspath(model)
 
 
@@ -104,14 +110,25 @@ def fold_file(
     affine: bool = True,
     forward: str = "exact",
     progress: Callable[[int, int], None] | None = None,
+    in_place: bool = False,
+    also_writes: Sequence[paths.Output] = (),
 ) -> FoldResult:
     """Fold ``model`` into ``output``, verifying the written file before it is put in place.
 
-    With ``verify`` (CheckOptions), the staged output is compared with the input by onnxruntime;
-    if it differs beyond tolerance nothing is written and VerificationError is raised (its
-    ``result`` is the FoldResult, whose ``report.verify`` holds the comparison), unless ``force``
-    (then it is written and the report marked). Nothing folded means nothing to verify.
+    Before any work, ``output`` (and its external-data file) and ``also_writes`` (the caller's
+    other outputs, e.g. a report) are checked: writable, and none of them an input file or
+    another output (``bnfold.paths.guard``); ``output`` may name ``model`` only with
+    ``in_place``. With ``verify`` (CheckOptions), the staged output is compared with the input
+    by onnxruntime, one session at a time; if it differs beyond tolerance nothing is written
+    and VerificationError is raised (its ``result`` is the FoldResult, whose ``report.verify``
+    holds the comparison), unless ``force`` (then it is written and the report marked). Nothing
+    folded means nothing to verify.
     """
+    paths.guard(
+        [paths.Output("-o", Path(output), "model"), *also_writes],
+        models=[model],
+        in_place=model if in_place else None,
+    )
     result = fold(
         model, allow_initializer_inputs=allow_initializer_inputs, affine=affine, forward=forward
     )

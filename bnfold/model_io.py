@@ -1,23 +1,31 @@
 """Load ONNX models lazily and save them atomically.
 
 Loading goes through onnx-ir, which maps external data lazily: a 2 GB model loads in well under
-a second and its tensors are read only when used. Saving writes into a temporary folder beside
-the destination and renames into place, so a failure leaves nothing half-written and the input
+a second and its tensors are read only when used. A loaded model is checked before anything
+reads its tensors: opset, declared tensor sizes and external-data locations
+(``bnfold.tensor_data``), graph topology and BatchNormalization shapes (``bnfold.validate``).
+Saving writes into a temporary folder beside the destination, fsyncs and renames into place
+(``bnfold.atomic``), so a failure or a signal leaves nothing half-written and the input
 (including its external data file) is never touched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import tempfile
+import re
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
 
+from bnfold import atomic
 from bnfold.errors import BadInputError
+from bnfold.tensor_data import check_tensors
+from bnfold.validate import validate_graph
 
 # Above this many bytes of tensor data the model is saved with external data
 # (protobuf cannot serialise a message over 2 GiB).
@@ -39,28 +47,79 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     if p.stat().st_size == 0:
         raise BadInputError(p, "empty file, not an ONNX model")
     try:
-        model = ir.load(p)
-    except Exception as exc:  # protobuf DecodeError, truncated files, bad external data...
-        raise BadInputError(p, f"not a readable ONNX model ({_short(exc)})") from None
+        proto = onnx.load(p, load_external_data=False)  # what ir.load does, checked between
+    except Exception as exc:  # protobuf DecodeError, truncated files...
+        raise BadInputError(p, f"not a readable ONNX model ({_load_problem(exc)})") from None
+    model = model_from_proto(proto, p)
+    del proto
+    ir.external_data.set_base_dir(model.graph, os.path.dirname(p))
     validate_model(model, p)
     # remembered so that a fold which replaces every external tensor still saves externally
     model.meta[_LOADED_EXTERNAL] = has_external_data(model)
     return model
 
 
+def model_from_proto(proto: onnx.ModelProto, label: str | os.PathLike = "<ModelProto>") -> ir.Model:
+    """An ``ir.Model`` of a proto whose text fields are valid UTF-8, or BadInputError naming
+    ``label``."""
+    check_text(proto, label)
+    try:
+        with _quiet_loader():
+            return ir.from_proto(proto)
+    except Exception as exc:  # onnx-ir refuses e.g. a name defined twice
+        raise BadInputError(label, f"not a readable ONNX model ({_load_problem(exc)})") from None
+
+
+def check_text(proto: onnx.ModelProto, label: str | os.PathLike | None = None) -> None:
+    """Refuse string fields that are not valid UTF-8 (protobuf hands them over as bytes; names
+    must print, go into JSON and serialize again). Tensor data is not looked at."""
+    stack: list[tuple[object, str]] = [(proto, "model")]
+    while stack:
+        message, where = stack.pop()
+        if isinstance(message, onnx.TensorProto):
+            texts = [("name", message.name), ("doc_string", message.doc_string)]
+            texts += [(f"external_data.{e.key!r}", e.value) for e in message.external_data]
+            texts += [("external_data key", e.key) for e in message.external_data]
+            for name, value in texts:
+                if isinstance(value, bytes):
+                    raise BadInputError(label, f"{where}.{name} is not valid UTF-8 text")
+            continue
+        for field, value in message.ListFields():  # type: ignore[attr-defined]
+            path = f"{where}.{field.name}"
+            repeated = _is_repeated(field)
+            if field.type == field.TYPE_MESSAGE:
+                items = value if repeated else [value]
+                stack.extend(
+                    (item, f"{path}[{i}]" if repeated else path) for i, item in enumerate(items)
+                )
+            elif field.type == field.TYPE_STRING:
+                for item in value if repeated else [value]:
+                    if isinstance(item, bytes):
+                        raise BadInputError(
+                            label, f"{path} is not valid UTF-8 text ({item[:40]!r})"
+                        )
+
+
+def _is_repeated(field) -> bool:
+    flag = getattr(field, "is_repeated", None)  # protobuf >= 5.28; older ones have label
+    return bool(flag) if flag is not None else field.label == field.LABEL_REPEATED
+
+
 def validate_model(model: ir.Model, path: str | os.PathLike | None = None) -> None:
-    """Reject models bnfold cannot reason about: no graph, or an unsupported default opset."""
+    """Reject models bnfold cannot reason about: no graph, an unsupported default opset, tensors
+    whose data cannot be trusted, an invalid graph (see the module docstring)."""
     if len(model.graph) == 0 and not model.graph.outputs:
         raise BadInputError(path, "not an ONNX model (the graph is empty)")
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
     if opset is None:
         if any(n.domain in ("", "ai.onnx") for n in model.graph):
             raise BadInputError(path, "uses ONNX operators but imports no default-domain opset")
-        return
-    if not _MIN_OPSET <= opset <= _MAX_OPSET:
+    elif not _MIN_OPSET <= opset <= _MAX_OPSET:
         raise BadInputError(
             path, f"unsupported opset {opset} (this onnx supports {_MIN_OPSET} to {_MAX_OPSET})"
         )
+    check_tensors(model, path)
+    validate_graph(model, path)
 
 
 def tensor_bytes(model: ir.Model) -> int:
@@ -106,9 +165,12 @@ class StagedModel:
         return [self.dest.parent / name for name in self._names]
 
     def commit(self) -> list[Path]:
-        """Move the files into place: data first, so a model never points at missing data."""
-        for name in reversed(self._names):
-            os.replace(self.folder / name, self.dest.parent / name)
+        """Move the files into place: data first, so a model never points at missing data.
+        A signal during the renames is handled after them."""
+        with atomic.critical():
+            for name in reversed(self._names):
+                os.replace(self.folder / name, self.dest.parent / name)
+        atomic.fsync_folder(self.dest.parent)
         return self.files
 
 
@@ -137,7 +199,6 @@ def staged_save(
             or has_external_data(model)
             or tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
     callback = None
     if progress is not None:
         started = 0
@@ -147,7 +208,7 @@ def staged_save(
             started += 1
             progress(started, info.total)
 
-    with _staging_dir(dest.parent) as tmp:
+    with atomic.created_folders(dest.parent), atomic.staging_folder(dest.parent) as tmp:
         staged = tmp / dest.name
         if external_data:
             data_name = data_file_name(dest)
@@ -168,6 +229,8 @@ def staged_save(
             except BadInputError as exc:  # name the destination, not the staged file
                 raise BadInputError(dest, exc.problem) from None
             names = [dest.name]
+        for name in names:
+            atomic.fsync_file(tmp / name)
         yield StagedModel(tmp, dest, names)
 
 
@@ -299,16 +362,32 @@ def write_inline(model: ir.Model, path: Path) -> int:
 
 
 @contextlib.contextmanager
-def _staging_dir(parent: Path) -> Iterator[Path]:
-    tmp = Path(tempfile.mkdtemp(prefix=".bnfold-", dir=parent))
+def _quiet_loader() -> Iterator[None]:
+    """Silence onnx-ir's deserializer: it logs warnings for invalid graphs that bnfold reports
+    itself, in one line, after loading."""
+    log = logging.getLogger("onnx_ir.serde")
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
     try:
-        yield tmp
+        with warnings.catch_warnings():  # e.g. "Ignoring unknown external data key(s)"
+            warnings.simplefilter("ignore")
+            yield
     finally:
-        for child in tmp.iterdir():
-            with contextlib.suppress(OSError):
-                child.unlink()
-        with contextlib.suppress(OSError):
-            tmp.rmdir()
+        log.setLevel(level)
+
+
+def _load_problem(exc: BaseException) -> str:
+    """onnx-ir's load error in a line (the innermost cause: onnx-ir wraps errors in "Error
+    calling _deserialize_graph"); a repeated output name is said plainly."""
+    seen = 0
+    while exc.__cause__ is not None and seen < 32:
+        exc, seen = exc.__cause__, seen + 1
+    text = str(exc)
+    match = re.search(r"Output '(.*?)' is redeclared.*by operator '(.*?)' of node '(.*?)'", text)
+    if match:
+        name, op, node = match.groups()
+        return f"the name '{name}' is defined twice (again as output of {op} node '{node}')"
+    return _short(exc)
 
 
 def _short(exc: BaseException) -> str:

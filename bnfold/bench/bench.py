@@ -17,7 +17,7 @@ import onnx
 from bnfold.bench.memory import PeakMemory, peak_memory
 from bnfold.bench.stats import Speedup, paired_speedup
 from bnfold.errors import UsageError
-from bnfold.verify.inputs import input_sets, session_inputs
+from bnfold.verify.inputs import DEFAULT_INPUT_BUDGET, input_sets, session_inputs
 from bnfold.verify.session import (
     ModelRef,
     check_opt_level,
@@ -34,7 +34,8 @@ SIDES = ("reference", "candidate")
 @dataclass
 class BenchOptions:
     """How to measure. Each round runs both sessions, in shuffled order, ``iters`` times each and
-    keeps each side's median; ``threads`` fixes intra-op threads (inter-op 1)."""
+    keeps each side's median; ``threads`` fixes intra-op threads (inter-op 1). The input set may
+    take at most ``max_input_bytes``."""
 
     levels: tuple[str, ...] = ("disable", "all")
     provider: str = "cpu"
@@ -49,6 +50,7 @@ class BenchOptions:
     creation_repeats: int = 3
     memory: bool = True
     resamples: int = 2000
+    max_input_bytes: int = DEFAULT_INPUT_BUDGET
 
     def validate(self) -> None:
         if not self.levels:
@@ -63,6 +65,8 @@ class BenchOptions:
             raise UsageError("--warmup must be >= 0")
         if self.threads is not None and self.threads < 1:
             raise UsageError("--threads must be >= 1")
+        if self.max_input_bytes < 1:
+            raise UsageError("--max-input-mib must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(vars(self))
@@ -290,6 +294,8 @@ def bench_many(models: Mapping[str, Any], options: BenchOptions | None = None) -
         shapes=options.shapes,
         int_range=options.int_range,
         batch=options.batch,
+        max_bytes=options.max_input_bytes,
+        model=refs[labels[0]].path,
     )
     feeds = sample.feeds
     rng = np.random.default_rng(options.seed)

@@ -21,7 +21,11 @@ for _name in _COMMAND_MODULES:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: a signal during a write removes what was staged and exits
+    128 + its number (see ``bnfold.atomic``)."""
+    from bnfold.atomic import exit_on_signals
+
+    exit_on_signals()
     app()
 
 

@@ -13,9 +13,14 @@ from bnfold.errors import BnfoldError
 
 @contextlib.contextmanager
 def cli_errors() -> Iterator[None]:
-    """Print a BnfoldError as one line on stderr and exit with its code."""
+    """Print a BnfoldError as one line on stderr and exit with its code; an OSError (a full disk,
+    an unreadable file) is one line naming the file, exit 2."""
     try:
         yield
     except BnfoldError as exc:
         print(f"bnfold: error: {exc}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"bnfold: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        raise typer.Exit(2) from None

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from bnfold import atomic
+from bnfold import atomic, paths
 from bnfold.bench import BenchOptions, bench_models, write_plot
 from bnfold.cli import verify_options as vo
 from bnfold.cli._app import app
@@ -36,6 +36,7 @@ def bench(
     shape: vo.ShapeOpt = None,
     seed: vo.SeedOpt = 0,
     int_range: vo.IntRangeOpt = (0, 10),
+    max_input_mib: vo.MaxInputMibOpt = vo.DEFAULT_MAX_INPUT_MIB,
     warmup: Annotated[int, typer.Option(min=0, help="Warm-up runs per side and level.")] = 5,
     rounds: Annotated[int, typer.Option(min=1, help="Paired rounds per level.")] = 20,
     iters: Annotated[int, typer.Option(min=1, help="Runs per side per round (median kept).")] = 10,
@@ -76,13 +77,22 @@ def bench(
             seed=seed,
             int_range=tuple(int_range),
             memory=memory,
+            max_input_bytes=max_input_mib << 20,
+        )
+        options.validate()
+        paths.guard(
+            [
+                paths.Output("--json", json_path) if json_path else None,
+                paths.Output("--plot", plot, "plot") if plot else None,
+            ],
+            models=[reference, candidate],
         )
         result = bench_models(reference, candidate, options)
         if plot is not None:
             write_plot(result, plot)
-    Console(width=max(Console().width, 160)).print(result.render())
-    if json_path is not None:
-        atomic.write_json(json_path, result.to_dict())
+        Console(width=max(Console().width, 160)).print(result.render())
+        if json_path is not None:
+            atomic.write_json(json_path, result.to_dict())
     if fail_if_slower is not None:
         slow = result.slower_than(fail_if_slower)
         if slow:

@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from bnfold import atomic
+from bnfold import atomic, paths
 from bnfold.cli import verify_options as vo
 from bnfold.cli._app import app
 from bnfold.cli._errors import cli_errors
 from bnfold.verify import check_models
+from bnfold.verify.inputs import npz_files
 
 
 @app.command()
@@ -32,6 +33,7 @@ def check(
     tolerance_mode: vo.ToleranceModeOpt = "range",
     output_tol: vo.OutputTolOpt = None,
     threads: vo.ThreadsOpt = None,
+    max_input_mib: vo.MaxInputMibOpt = vo.DEFAULT_MAX_INPUT_MIB,
     calibrate: Annotated[
         bool, typer.Option(help="Report errors as multiples of the reference's own noise.")
     ] = False,
@@ -60,10 +62,16 @@ def check(
             threads=threads,
             calibrate=calibrate,
             locate=locate,
+            max_input_mib=max_input_mib,
+        )
+        paths.guard(
+            [paths.Output("--json", json_path) if json_path else None],
+            models=[reference, candidate],
+            files=npz_files(inputs or []),
         )
         result = check_models(reference, candidate, options)
-    Console(width=max(Console().width, 160)).print(result.render())
-    if json_path is not None:
-        atomic.write_json(json_path, result.to_dict())
+        Console(width=max(Console().width, 160)).print(result.render())
+        if json_path is not None:
+            atomic.write_json(json_path, result.to_dict())
     if not result.passed:
         raise typer.Exit(1)

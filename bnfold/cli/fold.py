@@ -11,12 +11,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from bnfold import atomic
+from bnfold import atomic, paths
 from bnfold.api import FoldResult, fold, fold_file
 from bnfold.cli import verify_options as vo
 from bnfold.cli._app import app
 from bnfold.cli._errors import cli_errors
-from bnfold.errors import BadInputError, VerificationError
+from bnfold.errors import BadInputError, UsageError, VerificationError
 from bnfold.report import render_table
 
 ModelArg = Annotated[Path, typer.Argument(help="The ONNX model to fold.", show_default=False)]
@@ -70,6 +70,10 @@ def fold_command(
         Path | None,
         typer.Option("-o", "--output", help="Where to write (default: MODEL.folded.onnx)."),
     ] = None,
+    in_place: Annotated[
+        bool,
+        typer.Option("--in-place", help="Write the folded model over MODEL (-o must be absent)."),
+    ] = False,
     report: Annotated[
         Path | None, typer.Option("--report", help="Write the fold report as JSON here.")
     ] = None,
@@ -94,6 +98,7 @@ def fold_command(
     rtol: vo.RtolOpt = None,
     tolerance_mode: vo.ToleranceModeOpt = "range",
     output_tol: vo.OutputTolOpt = None,
+    max_input_mib: vo.MaxInputMibOpt = vo.DEFAULT_MAX_INPUT_MIB,
 ) -> None:
     """Fold every foldable BatchNormalization of MODEL into its linear producer, then verify.
 
@@ -102,13 +107,16 @@ def fold_command(
     A symbolic first dim is verified at 1 unless --batch or --shape says otherwise.
     """
     with cli_errors():
-        out = output or default_output(model)
+        if in_place and output is not None and not paths.same_file(output, model):
+            raise UsageError("--in-place writes over MODEL: drop -o, or give -o MODEL")
+        out = model if in_place else output or default_output(model)
         verify = None
         if not no_verify:
             verify = vo.build_check_options(
                 shape=shape, inputs=inputs, samples=samples, seed=seed, int_range=int_range,
                 batch=batch if batch is not None or shape else 1, provider=provider, atol=atol, rtol=rtol,
                 tolerance_mode=tolerance_mode, output_tol=output_tol, locate=True,
+                max_input_mib=max_input_mib,
             )  # fmt: skip
         try:
             with _save_progress(enabled=not (quiet or as_json)) as progress:
@@ -120,6 +128,8 @@ def fold_command(
                     allow_initializer_inputs=not refuse_initializer_inputs,
                     affine=not no_affine,
                     progress=progress,
+                    in_place=in_place,
+                    also_writes=[paths.Output("--report", report)] if report else [],
                 )
         except VerificationError as exc:
             failed: FoldResult = exc.result
@@ -130,6 +140,8 @@ def fold_command(
                 sys.stdout.write(failed.report.to_json() + "\n")
             raise
         except OSError as exc:
+            if exc.filename is not None and not _staged_for(Path(exc.filename), out):
+                raise
             raise BadInputError(out, f"cannot write ({exc.strerror or exc})") from None
         _write_report(report, result)
         _emit(result, as_json, quiet)
@@ -150,31 +162,44 @@ def fold_command(
             Console(stderr=True).print(f"wrote {out}", style="dim")
 
 
+def _staged_for(path: Path, out: Path) -> bool:
+    """Whether ``path`` is ``out`` or a file staged for it (in a temporary folder beside it)."""
+    return paths.same_file(path, out) or path.parent.name.startswith(".bnfold-")
+
+
 @contextlib.contextmanager
 def _save_progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar over the tensors written (shown only for external-data saves)."""
+    """A progress bar over the tensors written (shown only for external-data saves, and only
+    once writing starts: an error before it stays one line)."""
     if not enabled:
         yield None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = None
+    bar: Progress | None = None
+    task = None
 
-        def update(done: int, total: int) -> None:
-            nonlocal task
-            if task is None:
-                task = bar.add_task("writing tensors", total=total)
-            bar.update(task, completed=done)
+    def update(done: int, total: int) -> None:
+        nonlocal bar, task
+        if bar is None:
+            bar = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            bar.start()
+            task = bar.add_task("writing tensors", total=total)
+        assert task is not None
+        bar.update(task, completed=done)
 
+    try:
         yield update
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 def _worst_error(verify: dict) -> str:

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bnfold import atomic
+from bnfold import atomic, paths
 from bnfold.cli._app import app
 from bnfold.cli._errors import cli_errors
 from bnfold.errors import UsageError
@@ -96,6 +96,7 @@ def train(
     """Train a zoo model on the bundled digits; write a checkpoint, metrics JSON and a curve PNG."""
     with cli_errors():
         api = _train_api()
+        paths.guard([paths.Output("--out", out, "folder")])
         if compare:
             if (
                 lr is not None
@@ -177,14 +178,21 @@ def export(
     against torch with onnxruntime (exit 1 if BN nodes were lost or outputs differ)."""
     with cli_errors():
         api = _train_api()
+        paths.guard(
+            [
+                paths.Output("-o", output, "model"),
+                paths.Output("--json", json_path) if json_path else None,
+            ],
+            files=[checkpoint],
+        )
         result = api.export_checkpoint(checkpoint, output, opset=opset, dynamic_batch=dynamic_batch)
-    print(
-        f"wrote {result.path}: opset {result.opset}, {result.bn_nodes} BatchNormalization nodes "
-        f"({result.bn_modules} BN modules), max |onnxruntime - torch| {result.max_abs_error:.3g} "
-        f"on {result.verify_batch} digits"
-    )
-    if json_path is not None:
-        atomic.write_json(json_path, result.to_dict())
+        print(
+            f"wrote {result.path}: opset {result.opset}, {result.bn_nodes} BatchNormalization "
+            f"nodes ({result.bn_modules} BN modules), max |onnxruntime - torch| "
+            f"{result.max_abs_error:.3g} on {result.verify_batch} digits"
+        )
+        if json_path is not None:
+            atomic.write_json(json_path, result.to_dict())
 
 
 @app.command()
@@ -204,6 +212,7 @@ def demo(
     int8 (prove and bench that too), and summarise."""
     with cli_errors():
         _train_api()
+        paths.guard([paths.Output("--out", out, "folder")])
         from bnfold.train.demo import STEPS, DemoOptions, run_demo
 
         options = DemoOptions(out_dir=out, quick=quick, model=model, seed=seed)

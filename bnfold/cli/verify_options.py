@@ -9,7 +9,7 @@ import typer
 
 from bnfold.errors import UsageError
 from bnfold.verify import CheckOptions
-from bnfold.verify.inputs import parse_shape
+from bnfold.verify.inputs import DEFAULT_INPUT_BUDGET, parse_shape
 
 ShapeOpt = Annotated[
     list[str] | None,
@@ -74,6 +74,16 @@ OptLevelOpt = Annotated[
         help="onnxruntime graph optimisation level (disable: ORT cannot fold BN itself).",
     ),
 ]
+MaxInputMibOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-input-mib",
+        min=1,
+        metavar="MIB",
+        help="Largest input set (all inputs of one run) to allocate, in MiB.",
+    ),
+]
+DEFAULT_MAX_INPUT_MIB = DEFAULT_INPUT_BUDGET >> 20
 ThreadsOpt = Annotated[
     int | None, typer.Option("--threads", min=1, help="onnxruntime intra-op threads.")
 ]
@@ -118,6 +128,7 @@ def build_check_options(
     threads: int | None = None,
     calibrate: bool = False,
     locate: bool = False,
+    max_input_mib: int = DEFAULT_MAX_INPUT_MIB,
 ) -> CheckOptions:
     """CheckOptions from raw CLI values (raises UsageError on bad ones)."""
     options = CheckOptions(
@@ -136,6 +147,7 @@ def build_check_options(
         calibrate=calibrate,
         locate=locate,
         threads=threads,
+        max_input_bytes=max_input_mib << 20,
     )
     options.validate()
     return options

@@ -9,7 +9,7 @@ Conditions (every opset, 6 to current), all checked here:
   removed the attribute in opset 7 because only the output count matters);
 - no optional output (running/saved mean and var) is used or is a graph output;
 - ``spatial`` (opset 6 to 8) is 1: spatial=0 means per-activation parameters, refused;
-- all four parameters are constants of C values (or one value broadcast), finite, and
+- all four parameters are constants of C values each, finite, and
   ``var + epsilon > 0``. Non-finite or non-positive ``var + epsilon`` is bad input, not a refusal.
 """
 
@@ -55,7 +55,7 @@ def batchnorm_refusal(node: ir.Node, ctx: FoldContext) -> Refusal | None:
 
 
 def read_batchnorm(node: ir.Node, ctx: FoldContext) -> tuple[np.ndarray, np.ndarray] | Refusal:
-    """The BN's ``(s, t)`` in float64, each of C values (C = the longest parameter)."""
+    """The BN's ``(s, t)`` in float64, each of C values (every parameter has C)."""
     refusal = batchnorm_refusal(node, ctx)
     if refusal:
         return refusal
@@ -65,11 +65,11 @@ def read_batchnorm(node: ir.Node, ctx: FoldContext) -> tuple[np.ndarray, np.ndar
         if isinstance(array, Refusal):
             return array
         arrays.append(np.asarray(array).reshape(-1))
-    channels = max(a.size for a in arrays)
+    channels = arrays[0].size
     for name, a in zip(PARAM_NAMES, arrays, strict=True):
-        if a.size not in (1, channels):
-            return Refusal(f"BN {name} has {a.size} values for {channels} channels")
-    gamma, beta, mean, var = (np.broadcast_to(a.astype(np.float64), (channels,)) for a in arrays)
+        if a.size != channels:  # onnxruntime refuses such a model too (no broadcasting)
+            return Refusal(f"BN {name} has {a.size} values, BN scale {channels}")
+    gamma, beta, mean, var = (a.astype(np.float64) for a in arrays)
     eps = float_attr(node, "epsilon", 1e-5)
     label = node_label(node)
     for name, vec in zip(PARAM_NAMES, (gamma, beta, mean, var), strict=True):

@@ -102,4 +102,8 @@ def conv_weight_and_bias(
     if bias_value is None:
         return weight, None
     bias = ctx.const(bias_value, f"{op} bias")
-    return bias if isinstance(bias, Refusal) else (weight, bias)
+    if isinstance(bias, Refusal):
+        return bias
+    if bias.ndim != 1:
+        return Refusal(f"the {op} bias has shape {tuple(bias.shape)}, not (C,)")
+    return weight, bias

@@ -70,6 +70,11 @@ def consumer_edits(
         weight = ScaledWeight(c.weight, c.array, scale, c.layout, c.groups, scales_outputs=False)
     tensor = None
     if shift_sum is not None:
+        if c.bias is not None and c.bias.size != shift_sum.size:
+            return Refusal(
+                f"the {c.node.op_type} '{node_label(c.node)}' bias has {c.bias.size} values for "
+                f"{shift_sum.size} outputs"
+            )
         base = np.zeros_like(shift_sum) if c.bias is None else c.bias
         tensor = NewTensor(base + c.multiplier * shift_sum, c.dtype, original=c.bias)
     return _layer_edits(

@@ -43,7 +43,12 @@ def producer(node: ir.Node, ctx: FoldContext) -> Producer | Refusal:
     read = PRODUCERS.get(node.op_type)
     if read is None:
         return Refusal(f"its input comes from {node.op_type}, not a linear layer ({_NAMES})")
-    return read(node, ctx)
+    found = read(node, ctx)
+    if isinstance(found, Producer) and found.bias is not None and found.bias.size != found.channels:
+        return Refusal(
+            f"the {node.op_type} bias has {found.bias.size} values for {found.channels} channels"
+        )
+    return found
 
 
 def consumer(use: Use, ctx: FoldContext) -> Consumer | Refusal:

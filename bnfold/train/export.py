@@ -31,6 +31,10 @@ from bnfold.train.zoo import count_batchnorms
 __all__ = ["DEFAULT_OPSET", "ExportError", "ExportResult", "export_checkpoint", "export_model"]
 
 DEFAULT_OPSET = 17
+try:  # the newest opset the TorchScript exporter writes
+    from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET as MAX_OPSET
+except ImportError:  # pragma: no cover - other torch versions
+    MAX_OPSET = 20
 INPUT_SHAPE = (1, 8, 8)
 ATOL = RTOL = 1e-4
 
@@ -73,6 +77,11 @@ def export_model(
     """
     if opset < 9:
         raise UsageError(f"opset {opset} is too old; use 9 or newer")
+    if opset > MAX_OPSET:
+        raise UsageError(
+            f"opset {opset} is newer than torch {torch.__version__}'s TorchScript exporter "
+            f"supports (up to {MAX_OPSET})"
+        )
     model.eval()
     p = Path(path)
     verify_batch = 8 if dynamic_batch else batch_size
@@ -83,7 +92,11 @@ def export_model(
     # export into a temporary file beside the destination; it is renamed into place only
     # once it has passed both checks, so a failed export leaves nothing behind
     with atomic.atomic_path(p) as tmp:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            _export_errors(p),
+        ):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
@@ -107,6 +120,16 @@ def export_model(
             )
         error = _max_error(model, tmp, np.ascontiguousarray(sample, dtype=np.float32), p)
     return ExportResult(str(p), opset, dynamic_batch, bn_modules, bn_nodes, len(sample), error)
+
+
+@contextlib.contextmanager
+def _export_errors(path: Path):
+    """The exporter's own failures as one-line ExportErrors (exit 1), not tracebacks."""
+    try:
+        yield
+    except (RuntimeError, ValueError, TypeError, torch.onnx.errors.OnnxExporterError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ExportError(f"{path}: torch.onnx.export failed: {first}") from None
 
 
 def export_checkpoint(

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from bnfold.errors import BadInputError, UsageError
-from bnfold.verify.inputs import InputSet, input_sets, session_inputs
+from bnfold.verify.inputs import DEFAULT_INPUT_BUDGET, InputSet, input_sets, session_inputs
 from bnfold.verify.locate import Divergence, locate_divergence
 from bnfold.verify.precision import ComputePrecision, compute_precision
 from bnfold.verify.session import (
@@ -48,7 +48,8 @@ class CheckOptions:
     output's dtype and the lowest float precision the reference computes in (float32: 1e-5 /
     1e-4, float16: 1e-3 / 1e-2, bfloat16: 1e-2 / 5e-2, float64: 1e-9 / 1e-7, integers and bools:
     exact): an fp16 model with fp32 outputs gets fp16 tolerances. ``per_output`` maps an output
-    name to its own (atol, rtol)."""
+    name to its own (atol, rtol). ``max_input_bytes`` caps one input set (random or from
+    ``inputs``) before it is allocated."""
 
     samples: int = 3
     seed: int = 0
@@ -65,6 +66,7 @@ class CheckOptions:
     calibrate: bool = False
     locate: bool = False
     threads: int | None = None
+    max_input_bytes: int = DEFAULT_INPUT_BUDGET
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -76,6 +78,8 @@ class CheckOptions:
                 raise UsageError(f"{name} must be >= 0, not {value}")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be >= 1, not {self.threads}")
+        if self.max_input_bytes < 1:
+            raise UsageError(f"--max-input-mib must be >= 1, not {self.max_input_bytes}")
         check_opt_level(self.opt_level)
         check_provider(self.provider)
 
@@ -288,23 +292,17 @@ def check_models(
     """Compare every output of ``candidate`` with ``reference`` on the same inputs.
 
     ``reference``/``candidate``: a path, an ``onnx.ModelProto`` or serialized bytes (models over
-    2 GB, with external data, by path). Raises BadInputError/UsageError for unusable inputs; a
-    failed comparison is a result with ``passed`` False, not an exception.
+    2 GB, with external data, by path). The two sessions never exist at once: the reference runs
+    on every input set and is released, keeping only its outputs, then the candidate runs, so
+    memory peaks near one model, not two. Raises BadInputError/UsageError for unusable inputs;
+    a failed comparison is a result with ``passed`` False, not an exception.
     """
     options = options or CheckOptions()
     options.validate()
     ref, cand = model_ref(reference, "reference"), model_ref(candidate, "candidate")
     kw = {"provider": options.provider, "opt_level": options.opt_level, "threads": options.threads}
-    ref_sess, cand_sess = make_session(ref, **kw), make_session(cand, **kw)
+    ref_sess = make_session(ref, **kw)
     infos = session_inputs(ref_sess)
-    ref_types = {i.name: i.type for i in infos}
-    for i in session_inputs(cand_sess):
-        if ref_types.get(i.name) != i.type:
-            raise BadInputError(
-                None,
-                f"candidate input {i.name!r} ({i.type}) is not an input of the reference "
-                f"(reference inputs: {', '.join(f'{k} ({v})' for k, v in ref_types.items())})",
-            )
     sets = input_sets(
         infos,
         samples=options.samples,
@@ -313,13 +311,25 @@ def check_models(
         inputs=options.inputs,
         int_range=options.int_range,
         batch=options.batch,
+        max_bytes=options.max_input_bytes,
+        model=ref.path,
     )
+    ref_names = [o.name for o in ref_sess.get_outputs()]
+    ref_runs = _run_all(ref_sess, sets, ref_names)
+    del ref_sess  # frees its weights before the candidate's are loaded
+    cand_sess = make_session(cand, **kw)
+    ref_types = {i.name: i.type for i in infos}
+    for i in session_inputs(cand_sess):
+        if ref_types.get(i.name) != i.type:
+            raise BadInputError(
+                None,
+                f"candidate input {i.name!r} ({i.type}) is not an input of the reference "
+                f"(reference inputs: {', '.join(f'{k} ({v})' for k, v in ref_types.items())})",
+            )
     notes: list[str] = []
-    pairs = _pair_outputs(
-        [o.name for o in ref_sess.get_outputs()], [o.name for o in cand_sess.get_outputs()], notes
-    )
-    ref_runs = _run_all(ref_sess, sets, [p[0] for p in pairs])
+    pairs = _pair_outputs(ref_names, [o.name for o in cand_sess.get_outputs()], notes)
     cand_runs = _run_all(cand_sess, sets, [p[1] for p in pairs])
+    del cand_sess
     precision = compute_precision(ref.load(with_external_data=False))
     outputs = [_compare_output(r, c, ref_runs, cand_runs, options, precision) for r, c in pairs]
     if options.calibrate:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from bnfold.errors import BadInputError, UsageError
+
+# One input set (every input of one run) may take at most this many bytes unless raised.
+DEFAULT_INPUT_BUDGET = 1 << 30
 
 _ORT_DTYPES: dict[str, np.dtype] = {
     "tensor(float16)": np.dtype(np.float16),
@@ -152,6 +157,76 @@ def npz_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return files
 
 
+def size_text(nbytes: int) -> str:
+    """Bytes as B, KiB, MiB or GiB."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes} B"
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every array in an .npz, read from the headers (no data)."""
+    out = {}
+    with zipfile.ZipFile(path) as z:
+        for member in z.namelist():
+            with z.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            out[member.removesuffix(".npy")] = (tuple(shape), dtype)
+    return out
+
+
+def check_npz_budget(path: Path, max_bytes: int) -> None:
+    """Refuse an .npz whose arrays would take more than ``max_bytes``, before reading them."""
+    try:
+        headers = _npz_headers(path)
+    except Exception as exc:
+        raise BadInputError(path, f"not a readable .npz file ({exc})") from exc
+    sizes = {k: math.prod(shape) * dtype.itemsize for k, (shape, dtype) in headers.items()}
+    if sum(sizes.values()) > max_bytes:
+        name = max(sizes, key=lambda k: sizes[k])
+        shape, dtype = headers[name]
+        raise BadInputError(
+            path,
+            f"its arrays take {size_text(sum(sizes.values()))}, over the "
+            f"{size_text(max_bytes)} budget of one input set (array {name!r} is "
+            f"{'x'.join(map(str, shape)) or 'scalar'} {dtype}); raise it with "
+            f"--max-input-mib {math.ceil(sum(sizes.values()) / (1 << 20))}",
+        )
+
+
+def check_input_budget(
+    infos: Sequence[InputInfo],
+    shapes: Mapping[str, tuple[int, ...]],
+    max_bytes: int,
+    model: str | os.PathLike | None = None,
+) -> None:
+    """Refuse random input sets larger than ``max_bytes`` before allocating them; the error
+    names the largest input and the flag that fixes it."""
+    sizes = {i.name: math.prod(shapes[i.name]) * i.dtype.itemsize for i in infos}
+    total = sum(sizes.values())
+    if total <= max_bytes:
+        return
+    info = max(infos, key=lambda i: sizes[i.name])
+    need = f"--max-input-mib {math.ceil(total / (1 << 20))}"
+    if all(isinstance(d, int) and d >= 0 for d in info.dims):
+        fix = f"its dims are fixed in the model, so raise the budget with {need}"
+    else:
+        example = "x".join(str(d) if isinstance(d, int) and d >= 0 else "1" for d in info.dims)
+        fix = f"give smaller dims, e.g. --shape {info.name}={example}, or raise it with {need}"
+    shape = "x".join(map(str, shapes[info.name])) or "scalar"
+    raise BadInputError(
+        model,
+        f"one input set would take {size_text(total)}, over the {size_text(max_bytes)} "
+        f"budget: input {info.name!r} is {shape} {info.dtype} ({size_text(sizes[info.name])}); "
+        f"{fix}",
+    )
+
+
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an .npz file (no pickles); an unreadable file is a BadInputError."""
     try:
@@ -218,8 +293,11 @@ def input_sets(
     inputs: Sequence[str | os.PathLike[str]] = (),
     int_range: tuple[int, int] = (0, 10),
     batch: int | None = None,
+    max_bytes: int = DEFAULT_INPUT_BUDGET,
+    model: str | os.PathLike | None = None,
 ) -> list[InputSet]:
-    """Real input sets from ``inputs`` then ``samples`` seeded random sets."""
+    """Real input sets from ``inputs`` then ``samples`` seeded random sets, none larger than
+    ``max_bytes`` (checked before it is read or drawn; ``model`` names the file in the error)."""
     if samples < 0:
         raise UsageError("--samples must be >= 0")
     shapes = dict(shapes or {})
@@ -230,9 +308,13 @@ def input_sets(
             f"--shape {unknown[0]}=...: no input or symbolic dim of that name "
             f"(inputs: {', '.join(i.name for i in infos) or 'none'})"
         )
-    sets = [InputSet(str(f), load_npz(f, infos)) for f in npz_files(inputs)]
+    files = npz_files(inputs)
+    for f in files:
+        check_npz_budget(f, max_bytes)
+    sets = [InputSet(str(f), load_npz(f, infos)) for f in files]
     if samples:
         resolved = {i.name: resolve_shape(i, shapes, batch) for i in infos}
+        check_input_budget(infos, resolved, max_bytes, model)
         for k in range(samples):
             rng = np.random.default_rng([seed, k])
             feeds = {i.name: random_feed(i, resolved[i.name], rng, int_range) for i in infos}

@@ -97,6 +97,8 @@ def model_ref(model: object, label: str) -> ModelRef:
         return ModelRef(label=label, data=bytes(model))
     if isinstance(model, str | os.PathLike):
         path = Path(model)
+        if path.is_dir():
+            raise BadInputError(path, "is a directory, not an ONNX model")
         if not path.is_file():
             raise BadInputError(path, "no such file")
         return ModelRef(label=label, path=path)
@@ -139,7 +141,7 @@ def make_session(
     """
     so = ort.SessionOptions()
     so.graph_optimization_level = check_opt_level(opt_level)
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors come back as exceptions, said in one line
     if threads is not None:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
