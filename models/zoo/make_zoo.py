@@ -7,6 +7,8 @@ as BatchNormalization nodes and a symbolic batch axis (input ``input``: (batch, 
     python models/zoo/make_zoo.py [--check]
 
 ``--check`` regenerates into a temporary folder and fails if any file differs from the one here.
+Runs on one machine agree byte for byte; torch's CPU kernels round differently on other
+processors, so the weights of a run elsewhere can differ in their last bits.
 """
 
 from __future__ import annotations
