@@ -292,8 +292,8 @@ def _child_mutator(args: argparse.Namespace, work: Path) -> None:
 
 
 def _record(work: Path, i: int, outcome: str, detail: str | None, data: bytes) -> None:
-    if outcome == "finding":  # keep the input for the driver
-        found = work / "found"
+    if outcome in ("finding", "verification"):  # keep the input for the driver
+        found = work / ("found" if outcome == "finding" else "verification")
         found.mkdir(exist_ok=True)
         (found / f"{i}.onnx").write_bytes(data)
     _emit({"i": i, "outcome": outcome, "detail": detail})
@@ -394,6 +394,13 @@ def main() -> None:
     parser.add_argument("--engine", choices=("auto", "atheris", "mutator"), default="auto")
     parser.add_argument("--hang-seconds", type=float, default=60.0)
     parser.add_argument("--findings", type=Path, default=None, help="save finding inputs here")
+    parser.add_argument(
+        "--verification",
+        type=Path,
+        default=None,
+        help="save the inputs that failed verification here (to read: a clean outcome, but on "
+        "a valid model it can be a fold that is not exact)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
@@ -434,6 +441,10 @@ def main() -> None:
             elif engine == "mutator" or args.runs is not None:
                 break
         elapsed = time.time() - started
+        if args.verification is not None and (work / "verification").is_dir():
+            args.verification.mkdir(parents=True, exist_ok=True)
+            for kept in sorted((work / "verification").glob("*.onnx")):
+                shutil.copyfile(kept, args.verification / kept.name)
         for e in events:
             if e["outcome"] == "finding":
                 key = e["detail"].split(": ")[0]

@@ -63,11 +63,30 @@ def model_from_proto(proto: onnx.ModelProto, label: str | os.PathLike = "<ModelP
     """An ``ir.Model`` of a proto whose text fields are valid UTF-8, or BadInputError naming
     ``label``."""
     check_text(proto, label)
+    check_unique_initializers(proto.graph, label)
     try:
         with _quiet_loader():
             return ir.from_proto(proto)
     except Exception as exc:  # onnx-ir refuses e.g. a name defined twice
         raise BadInputError(label, f"not a readable ONNX model ({_load_problem(exc)})") from None
+
+
+def check_unique_initializers(
+    graph: onnx.GraphProto, label: str | os.PathLike | None = None, where: str = "main graph"
+) -> None:
+    """Refuse two initializers of one name in a graph (or its subgraphs): onnx-ir keeps one and
+    onnxruntime may use the other, so a fold of one would be checked against the other (found
+    by the fuzzer: a decoder whose duplicated ConvTranspose weight failed verification)."""
+    seen: set[str] = set()
+    for tensor in [*graph.initializer, *(s.values for s in graph.sparse_initializer)]:
+        if tensor.name in seen:
+            raise BadInputError(label, f"{where}: initializer '{tensor.name}' is defined twice")
+        seen.add(tensor.name)
+    for node in graph.node:
+        for attr in node.attribute:
+            subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for sub in subgraphs:
+                check_unique_initializers(sub, label, f"subgraph '{sub.name}' of '{node.name}'")
 
 
 def check_text(proto: onnx.ModelProto, label: str | os.PathLike | None = None) -> None:

@@ -283,3 +283,32 @@ def test_batchnorm_on_a_rank_1_input(x_dims):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert not ort_runs(model)
     _refused(model, "BatchNormalization 'bn': its input has rank 1")
+
+
+def test_initializer_defined_twice():
+    """Verification failure (exit 1) on a valid-looking decoder: two initializers named
+    'up2.weight'; onnx-ir kept one and onnxruntime ran the other, so the fold of one was checked
+    against the other. Now refused at load (exit 2), in the main graph and in subgraphs."""
+    model = sm.conv_bn()
+    duplicate = onnx.TensorProto()
+    duplicate.CopyFrom(model.graph.initializer[0])
+    model.graph.initializer.append(duplicate)
+    _refused(model, f"main graph: initializer '{duplicate.name}' is defined twice")
+
+
+def test_initializer_defined_twice_in_a_subgraph():
+    inner = helper.make_graph(
+        [helper.make_node("Add", ["k", "k"], ["out"])],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])],
+        [helper.make_tensor("k", TensorProto.FLOAT, [1], [1.0])] * 2,
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=inner, else_branch=inner, name="if")],
+        "g",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    _refused(model, "subgraph 'branch' of 'if': initializer 'k' is defined twice")
