@@ -63,7 +63,7 @@ def model_from_proto(proto: onnx.ModelProto, label: str | os.PathLike = "<ModelP
     """An ``ir.Model`` of a proto whose text fields are valid UTF-8, or BadInputError naming
     ``label``."""
     check_text(proto, label)
-    check_unique_initializers(proto.graph, label)
+    check_unique_definitions(proto, label)
     try:
         with _quiet_loader():
             return ir.from_proto(proto)
@@ -71,22 +71,40 @@ def model_from_proto(proto: onnx.ModelProto, label: str | os.PathLike = "<ModelP
         raise BadInputError(label, f"not a readable ONNX model ({_load_problem(exc)})") from None
 
 
-def check_unique_initializers(
-    graph: onnx.GraphProto, label: str | os.PathLike | None = None, where: str = "main graph"
+def check_unique_definitions(
+    proto: onnx.ModelProto, label: str | os.PathLike | None = None
 ) -> None:
-    """Refuse two initializers of one name in a graph (or its subgraphs): onnx-ir keeps one and
-    onnxruntime may use the other, so a fold of one would be checked against the other (found
-    by the fuzzer: a decoder whose duplicated ConvTranspose weight failed verification)."""
-    seen: set[str] = set()
-    for tensor in [*graph.initializer, *(s.values for s in graph.sparse_initializer)]:
-        if tensor.name in seen:
-            raise BadInputError(label, f"{where}: initializer '{tensor.name}' is defined twice")
-        seen.add(tensor.name)
-    for node in graph.node:
+    """Refuse what onnx-ir would silently collapse to one copy while onnxruntime may use
+    another, so that a fold of one would be checked against the other (both found by the
+    fuzzer as verification failures of correct folds): two initializers of one name in a graph,
+    two attributes of one name on a node (a Constant with two ``value`` tensors)."""
+    stack: list[tuple[onnx.GraphProto, str]] = [(proto.graph, "main graph")]
+    for function in proto.functions:
+        _check_nodes(function.node, f"function '{function.name}'", label, stack)
+    while stack:
+        graph, where = stack.pop()
+        seen: set[str] = set()
+        for tensor in [*graph.initializer, *(s.values for s in graph.sparse_initializer)]:
+            if tensor.name in seen:
+                raise BadInputError(label, f"{where}: initializer '{tensor.name}' is defined twice")
+            seen.add(tensor.name)
+        _check_nodes(graph.node, where, label, stack)
+
+
+def _check_nodes(
+    nodes, where: str, label: str | os.PathLike | None, stack: list[tuple[onnx.GraphProto, str]]
+) -> None:
+    for node in nodes:
+        names = [attr.name for attr in node.attribute]
+        if len(set(names)) != len(names):
+            twice = next(n for n in names if names.count(n) > 1)
+            raise BadInputError(
+                label,
+                f"{where}: node '{node.name or node.op_type}' has two attributes '{twice}'",
+            )
         for attr in node.attribute:
             subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subgraphs:
-                check_unique_initializers(sub, label, f"subgraph '{sub.name}' of '{node.name}'")
+            stack.extend((sub, f"subgraph '{sub.name}' of '{node.name}'") for sub in subgraphs)
 
 
 def check_text(proto: onnx.ModelProto, label: str | os.PathLike | None = None) -> None:

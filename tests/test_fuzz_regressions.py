@@ -312,3 +312,14 @@ def test_initializer_defined_twice_in_a_subgraph():
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     _refused(model, "subgraph 'branch' of 'if': initializer 'k' is defined twice")
+
+
+def test_node_with_two_attributes_of_one_name():
+    """Verification failure of a correct fold in a function body: a Constant weight with two
+    'value' tensors; onnx-ir kept one, onnxruntime used the other. Refused at load now."""
+    model = onnx.load(Path(__file__).resolve().parent.parent / "models" / "local_function.onnx")
+    constant = model.functions[0].node[0]
+    extra = onnx.AttributeProto()
+    extra.CopyFrom(constant.attribute[0])
+    constant.attribute.append(extra)
+    _refused(model, "function 'ConvBn': node 'Constant' has two attributes 'value'")
