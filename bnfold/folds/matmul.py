@@ -98,32 +98,25 @@ def producer(node: ir.Node, ctx: FoldContext) -> Producer | Refusal:
         return weight
     rank = _rank(node, ctx)
     carrier = bias_add(node, ctx)
-    channels = int(weight.shape[1])
-    common = dict(node=node, weight=node.inputs[1], array=weight, layout=WeightLayout.AXIS1)
+    output, bias, source = node.outputs[0], None, None
+    slot: BiasSlot | None = BiasSlot(node, 2, becomes_gemm=True) if rank == 2 else None
     if carrier is not None:
-        add, index, c = carrier
-        return Producer(
-            kind="matmul",
-            output=add.outputs[0],
-            groups=1,
-            channels=channels,
-            feature_axis=-1 if rank is None else rank - 1,
-            rank=rank,
-            bias=c,
-            slot=BiasSlot(add, index),
-            bias_source=add.inputs[index],
-            **common,  # type: ignore[arg-type]
-        )
+        add, index, bias = carrier
+        output, slot, source = add.outputs[0], BiasSlot(add, index), add.inputs[index]
     return Producer(
         kind="matmul",
-        output=node.outputs[0],
+        node=node,
+        output=output,
+        weight=node.inputs[1],  # type: ignore[arg-type]
+        array=weight,
+        layout=WeightLayout.AXIS1,
         groups=1,
-        channels=channels,
+        channels=int(weight.shape[1]),
         feature_axis=-1 if rank is None else rank - 1,
         rank=rank,
-        bias=None,
-        slot=BiasSlot(node, 2, becomes_gemm=True) if rank == 2 else None,
-        **common,  # type: ignore[arg-type]
+        bias=bias,
+        slot=slot,
+        bias_source=source,
     )
 
 
