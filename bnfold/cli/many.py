@@ -277,14 +277,15 @@ def run(plan: OutputPlan, job: Job, workers: int, flags: OutputFlags, report: Pa
                                                      for _, o in plan.items]  # fmt: skip
     extra = [output.json_output(flags), paths.Output("--report", report) if report else None]
     paths.guard([*writes, *extra], models=[m for m, _ in plan.items])
+    stderr = Console(stderr=True)
     progress = Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=stderr,
         transient=True,
-        disable=flags.quiet,
+        disable=flags.quiet or not stderr.is_terminal,
     )
     verb = "inspecting" if job.inspect else "folding"
     with progress:
@@ -293,7 +294,7 @@ def run(plan: OutputPlan, job: Job, workers: int, flags: OutputFlags, report: Pa
         def done(result: JobResult) -> None:
             progress.advance(task)
             if result.error and not flags.quiet:
-                progress.console.print(Text(f"bnfold: error: {result.error}"), soft_wrap=True)
+                print(f"bnfold: error: {result.error}", file=sys.stderr)
             output.show(flags, result_line(result))
 
         results = run_jobs(jobs, workers, done)
@@ -320,7 +321,7 @@ def result_line(result: JobResult) -> Text:
     line = Text.assemble(tag, f" {result.model}")
     r = result.report
     if r is not None:
-        line.append(f": {r['bn_folded']} of {r['bn_before']} BN folded")
+        line.append(f": {r['bn_folded']}/{r['bn_before']} BN folded")
         verify = r.get("verify")
         if verify is not None:
             line.append(", verified" if verify.get("passed") else ", verification FAILED")

@@ -204,9 +204,22 @@ def demo(
         bool, typer.Option("--quick", help="A few seconds of everything (for CI).")
     ] = False,
     model: Annotated[
-        str, typer.Option(metavar="NAME", help=f"Zoo model: {', '.join(MODEL_NAMES)}.")
-    ] = "digits_cnn",
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help=f"Zoo model: {', '.join(MODEL_NAMES)} (default digits_cnn; mlp with "
+            "--bn-position after, whose BNs all fold through the activation).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    bn_position: Annotated[
+        str,
+        typer.Option(
+            metavar="before|after",
+            help="BatchNorm before the activation (folded backward) or after it (folded "
+            "through the activation or forward).",
+        ),
+    ] = "before",
 ) -> None:
     """Train a zoo model on the digits, export it, fold it, check it, bench it, quantize it to
     int8 (prove and bench that too), and summarise."""
@@ -215,7 +228,11 @@ def demo(
         paths.guard([paths.Output("--out", out, "folder")])
         from bnfold.train.demo import STEPS, DemoOptions, run_demo
 
-        options = DemoOptions(out_dir=out, quick=quick, model=model, seed=seed)
+        if model is None:
+            model = "mlp" if bn_position == "after" else "digits_cnn"
+        options = DemoOptions(
+            out_dir=out, quick=quick, model=model, seed=seed, bn_position=bn_position
+        )
         with _progress() as progress:
             task = progress.add_task("demo", total=len(STEPS), status="")
 
@@ -225,8 +242,11 @@ def demo(
             result = run_demo(options, on_step=on_step)
     print(result.summary())
     if not result.passed:
-        if result.check.get("passed") and result.fold.get("bn_after") == 0:
-            print("bnfold: the int8 model fails its proof against fp32", file=sys.stderr)
+        if not result.check.get("passed"):
+            problem = "the folded model does not match the original"
+        elif result.fold.get("bn_after"):
+            problem = f"{result.fold['bn_after']} BatchNormalization node(s) stay (listed above)"
         else:
-            print("bnfold: the folded model does not match the original", file=sys.stderr)
+            problem = "the int8 model fails its proof against fp32"
+        print(f"bnfold: error: demo: {problem}", file=sys.stderr)
         raise typer.Exit(1)
