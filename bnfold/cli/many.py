@@ -63,7 +63,8 @@ class Job:
 @dataclass
 class JobResult:
     """What a worker sends back: exit code, the error line (without ``bnfold: error:``), the
-    report as JSON data (None when the model could not be read) and the seconds it took."""
+    report as JSON data (None when the model could not be read), the seconds it took and the
+    worker's process id."""
 
     model: str
     output: str | None
@@ -71,6 +72,7 @@ class JobResult:
     error: str | None
     report: dict[str, Any] | None
     seconds: float = 0.0
+    pid: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -190,7 +192,8 @@ def work(job: Job) -> JobResult:
     except Exception as exc:  # a bug must not take the other models down
         code, error = 2, f"{job.model}: internal error: {type(exc).__name__}: {exc}"
     data = report.to_dict() if report is not None else None
-    return JobResult(str(job.model), out, code, error, data, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return JobResult(str(job.model), out, code, error, data, seconds, os.getpid())
 
 
 def _worker(job: Job, conn: Connection) -> None:

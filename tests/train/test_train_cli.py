@@ -129,3 +129,28 @@ def test_cli_model_names_match_the_zoo():
     from bnfold.train import MODEL_NAMES as ZOO_NAMES
 
     assert MODEL_NAMES == ZOO_NAMES
+
+
+def test_demo_with_bn_after_the_activation_folds_it_through(tmp_path):
+    """``--bn-position after``: the MLP's BNs after ReLU are folded end to end (through the
+    activation), and the summary says which folds ran."""
+    res = invoke("demo", "--quick", "--bn-position", "after", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "demo_report.json").read_text())
+    summary = report["summary"]
+    assert (summary["model"], summary["bn_position"]) == ("mlp", "after")
+    assert summary["bn_nodes_before"] == 3 and summary["bn_nodes_after"] == 0
+    assert summary["folds_by_direction"] == {"through the activation": 3}
+    assert report["passed"] is True and summary["max_abs_error"] < 1e-4
+    assert "(BN after the activation)" in res.output
+    assert "folded: 3 through the activation" in res.output
+
+
+def test_demo_reports_bns_that_stay(tmp_path):
+    """digits_cnn with BN after ReLU: a padded 3x3 Conv follows two of them, so they stay; the
+    summary names them with their reason and the demo exits 1 saying so."""
+    res = invoke("demo", "--quick", "--bn-position", "after", "--model", "digits_cnn",
+                 "--out", tmp_path)  # fmt: skip
+    assert res.exit_code == 1
+    assert "/2/BatchNormalization stays: next Conv pads" in res.stdout
+    assert "bnfold: error: demo: 2 BatchNormalization node(s) stay" in res.stderr
