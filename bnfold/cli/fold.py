@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -17,13 +18,14 @@ from bnfold.cli import output
 from bnfold.cli import verify_options as vo
 from bnfold.cli._app import app
 from bnfold.cli._errors import cli_errors, error_line
-from bnfold.cli.option_groups import option_groups
+from bnfold.cli.option_groups import OptionGroup, option_groups
 from bnfold.errors import BadInputError, UsageError, VerificationError
 
 if TYPE_CHECKING:
     from bnfold.api import FoldResult
     from bnfold.cli.many import Job
     from bnfold.report import FoldReport
+    from bnfold.verify.check import CheckOptions
 
 FOLD_PANEL = "Folding"
 
@@ -33,50 +35,70 @@ ModelsArg = Annotated[
         help="ONNX model(s), or folders of them (searched recursively).", show_default=False
     ),
 ]
-RefuseInputs = Annotated[
-    bool,
-    typer.Option(
-        "--refuse-initializer-inputs",
-        help="Refuse to fold parameters that are initializers and graph inputs (IR < 4).",
-        rich_help_panel=FOLD_PANEL,
-    ),
-]
-NoAffine = Annotated[
-    bool,
-    typer.Option(
-        "--no-affine",
-        help="Fold BatchNormalization only, not per-channel Mul/Add/Sub/Div.",
-        rich_help_panel=FOLD_PANEL,
-    ),
-]
-ForwardOpt = Annotated[
-    str,
-    typer.Option(
-        "--forward",
-        metavar="off|exact|int8-safe",
-        help="Folds into the layers after a BN and through activations: off (backward only), "
-        "exact (wherever exact), int8-safe (not where int8 weights would suffer).",
-        rich_help_panel=FOLD_PANEL,
-    ),
-]
-FailIfUnfolded = Annotated[
-    bool,
-    typer.Option(
-        "--fail-if-unfolded",
-        help="Exit 1 if any BatchNormalization is left (a CI gate).",
-        rich_help_panel=FOLD_PANEL,
-    ),
-]
-JobsOpt = Annotated[
-    int,
-    typer.Option(
-        "--jobs",
-        "-j",
-        min=1,
-        help="Worker processes for several models (each model in its own process).",
-        rich_help_panel=FOLD_PANEL,
-    ),
-]
+
+
+@dataclass
+class FoldFlags(OptionGroup):
+    """How to fold (fold, inspect)."""
+
+    refuse_initializer_inputs: Annotated[
+        bool,
+        typer.Option(
+            "--refuse-initializer-inputs",
+            help="Refuse to fold parameters that are initializers and graph inputs (IR < 4).",
+            rich_help_panel=FOLD_PANEL,
+        ),
+    ] = False
+    no_affine: Annotated[
+        bool,
+        typer.Option(
+            "--no-affine",
+            help="Fold BatchNormalization only, not per-channel Mul/Add/Sub/Div.",
+            rich_help_panel=FOLD_PANEL,
+        ),
+    ] = False
+    forward: Annotated[
+        str,
+        typer.Option(
+            "--forward",
+            metavar="off|exact|int8-safe",
+            help="Folds into the layers after a BN and through activations: off (backward "
+            "only), exact (wherever exact), int8-safe (not where int8 weights would suffer).",
+            rich_help_panel=FOLD_PANEL,
+        ),
+    ] = "exact"
+    fail_if_unfolded: Annotated[
+        bool,
+        typer.Option(
+            "--fail-if-unfolded",
+            help="Exit 1 if any BatchNormalization is left (a CI gate).",
+            rich_help_panel=FOLD_PANEL,
+        ),
+    ] = False
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Worker processes for several models (each model in its own process).",
+            rich_help_panel=FOLD_PANEL,
+        ),
+    ] = 1
+
+    def job(self, *, inspect: bool, verify: CheckOptions | None = None, force: bool = False,
+            in_place: bool = False) -> Job:  # fmt: skip
+        """The job for one model (its paths set per model)."""
+        from bnfold.cli.many import Job
+
+        return Job(
+            model=Path(), output=Path(), inspect=inspect, verify=verify, force=force,
+            in_place=in_place, allow_initializer_inputs=not self.refuse_initializer_inputs,
+            affine=not self.no_affine, forward=self.forward,
+            fail_if_unfolded=self.fail_if_unfolded,
+        )  # fmt: skip
+
+
 OutputDirOpt = Annotated[
     Path | None,
     typer.Option(
@@ -99,6 +121,7 @@ def fold_command(
     out_flags: vo.OutputFlags,
     inputs: vo.InputFlags,
     compare: vo.CompareFlags,
+    how: FoldFlags,
     output_path: Annotated[
         Path | None,
         typer.Option("-o", "--output", help="Where to write (default: MODEL.folded.onnx)."),
@@ -114,11 +137,6 @@ def fold_command(
             "--report", metavar="PATH", help="Same as --json PATH.", rich_help_panel=vo.OUTPUT_PANEL
         ),
     ] = None,
-    refuse_initializer_inputs: RefuseInputs = False,
-    no_affine: NoAffine = False,
-    forward: ForwardOpt = "exact",
-    fail_if_unfolded: FailIfUnfolded = False,
-    jobs: JobsOpt = 1,
     no_verify: Annotated[
         bool,
         typer.Option(
@@ -150,21 +168,10 @@ def fold_command(
         if report is not None and out_flags.json_file is not None:
             raise UsageError("--report is the older name of --json PATH: give one of them")
         verify = None if no_verify else vo.check_options(inputs, compare, locate=True)
-        job = many.Job(
-            model=Path(),
-            output=Path(),
-            inspect=False,
-            verify=verify,
-            force=force,
-            in_place=in_place,
-            allow_initializer_inputs=not refuse_initializer_inputs,
-            affine=not no_affine,
-            forward=forward,
-            fail_if_unfolded=fail_if_unfolded,
-        )
+        job = how.job(inspect=False, verify=verify, force=force, in_place=in_place)
         plan = many.plan_outputs(models, output_path, output_dir, in_place)
         if not plan.single:
-            raise typer.Exit(many.run(plan, job, jobs, out_flags, report))
+            raise typer.Exit(many.run(plan, job, how.jobs, out_flags, report))
         model, out = plan.items[0]
         _fold_one(model, out, job, out_flags, report)
 
@@ -296,30 +303,17 @@ def _worst_error(verify: dict[str, Any]) -> str:
 def inspect_command(
     models: ModelsArg,
     out_flags: vo.OutputFlags,
-    refuse_initializer_inputs: RefuseInputs = False,
-    no_affine: NoAffine = False,
-    forward: ForwardOpt = "exact",
-    fail_if_unfolded: FailIfUnfolded = False,
-    jobs: JobsOpt = 1,
+    how: FoldFlags,
 ) -> None:
     """Show what `bnfold fold` would do to each MODEL (and its inputs and outputs); writes
     nothing but the --json file."""
     from bnfold.cli import many
 
     with cli_errors():
-        job = many.Job(
-            model=Path(),
-            output=Path(),
-            inspect=True,
-            verify=None,
-            allow_initializer_inputs=not refuse_initializer_inputs,
-            affine=not no_affine,
-            forward=forward,
-            fail_if_unfolded=fail_if_unfolded,
-        )
+        job = how.job(inspect=True)
         plan = many.plan_outputs(models, None, None, False, inspect=True)
         if not plan.single:
-            raise typer.Exit(many.run(plan, job, jobs, out_flags, None))
+            raise typer.Exit(many.run(plan, job, how.jobs, out_flags, None))
         from bnfold.api import fold
         from bnfold.report import render_report
 
@@ -327,11 +321,11 @@ def inspect_command(
         paths.guard([output.json_output(out_flags)], models=[model])
         result = fold(
             model, allow_initializer_inputs=job.allow_initializer_inputs, affine=job.affine,
-            forward=forward,
+            forward=job.forward,
         )  # fmt: skip
         output.emit_json(out_flags, result.report.to_dict())
         output.show(out_flags, render_report(result.report, signature=True))
-        _gate(result.report, fail_if_unfolded, model, written=False)
+        _gate(result.report, job.fail_if_unfolded, model, written=False)
 
 
 __all__ = [
