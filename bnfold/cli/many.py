@@ -268,7 +268,19 @@ def run_jobs(jobs: list[Job], workers: int, on_done: Any = None) -> list[JobResu
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        _stop_forkserver()
     return [results[i] for i in range(len(jobs))]
+
+
+def _stop_forkserver() -> None:
+    """Stop and reap the fork server now (it would exit with this process anyway), so it does
+    not linger and its CPU time, its workers' included, is accounted to this process."""
+    import multiprocessing.forkserver
+
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    stop = getattr(server, "_stop", None)  # CPython's own (used by its tests), 3.8 and later
+    if callable(stop):
+        stop()
 
 
 def run(plan: OutputPlan, job: Job, workers: int, flags: OutputFlags, report: Path | None) -> int:
