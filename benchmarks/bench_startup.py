@@ -68,7 +68,7 @@ def main() -> None:
     present = {k: v for k, v in COMMANDS.items() if shutil.which(v[0])}
     missing = sorted(set(COMMANDS) - set(present))
     runs: dict[str, list[tuple[float, float, int]]] = {k: [] for k in present}
-    for name, argv in present.items():  # one warm-up each (page cache, .pyc files)
+    for argv in present.values():  # one warm-up each (page cache, .pyc files)
         cpu_seconds(argv)
     for _ in range(args.repeat):
         for name, argv in present.items():
