@@ -186,8 +186,8 @@ class DemoResult:
         cfg = self.train.get("config", {})
         epochs = cfg.get("epochs")
         lines = [
-            f"bnfold demo: {s['model']} (BN {s['bn_position']} the activation), {epochs} "
-            f"epoch{'' if epochs == 1 else 's'} on the bundled digits"
+            f"bnfold demo: {s['model']}, BN {s['bn_position']} the activation, {epochs} "
+            f"epoch{'' if epochs == 1 else 's'} on the digits"
         ]
         if s["test_accuracy"] is not None:
             e90 = self.train.get("epochs_to_90")
@@ -212,8 +212,7 @@ class DemoResult:
             f"  check         {verdict}, max |folded - original| = {_fmt(s['max_abs_error'], '.3g')}"
         )
         lines.append(
-            "  speed-up      original / folded latency, onnxruntime CPU (above 1: the folded "
-            "model is faster)"
+            "  speed-up      original / folded latency (above 1: the folded model is faster)"
         )
         for lv in self.bench.get("levels", []):
             sp = lv["speedup"]
@@ -254,8 +253,7 @@ class DemoResult:
         if self.int8:
             batches = " / ".join(f"b{b}" for b in INT8_BATCHES)
             lines.append(
-                f"  int8 latency  ms at {batches} (onnxruntime ORT_ENABLE_ALL, 1 thread), float "
-                "ops left"
+                f"  int8 latency  ms at {batches} (ORT_ENABLE_ALL, 1 thread), float ops left"
             )
             for r in self.int8:
                 ms = " / ".join(_fmt(r.get(f"latency_ms_b{b}"), ".3f") for b in INT8_BATCHES)

@@ -142,7 +142,7 @@ def test_demo_with_bn_after_the_activation_folds_it_through(tmp_path):
     assert summary["bn_nodes_before"] == 3 and summary["bn_nodes_after"] == 0
     assert summary["folds_by_direction"] == {"through the activation": 3}
     assert report["passed"] is True and summary["max_abs_error"] < 1e-4
-    assert "(BN after the activation)" in res.output
+    assert "mlp, BN after the activation" in res.output
     assert "folded: 3 through the activation" in res.output
 
 
