@@ -13,9 +13,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bnfold import atomic, paths
+from bnfold import paths
+from bnfold.cli import output as cli_output
+from bnfold.cli import verify_options as vo
 from bnfold.cli._app import app
 from bnfold.cli._errors import cli_errors
+from bnfold.cli.option_groups import option_groups
 from bnfold.errors import UsageError
 
 MODEL_NAMES = (
@@ -161,38 +164,35 @@ def _run_compare(api, model: str, epochs: int, batch_size: int, seed: int, out: 
 
 
 @app.command()
+@option_groups
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by bnfold train.")],
     output: Annotated[
         Path, typer.Option("--output", "-o", metavar="PATH.onnx", help="The ONNX file to write.")
     ],
+    out_flags: vo.OutputFlags,
     opset: Annotated[int, typer.Option(min=9, help="ONNX opset.")] = 17,
     dynamic_batch: Annotated[
         bool, typer.Option("--dynamic-batch", help="Make the batch axis symbolic.")
     ] = False,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", metavar="PATH", help="Write the export report as JSON.")
-    ] = None,
 ) -> None:
     """Export a checkpoint in eval mode with BatchNorm kept as BatchNormalization nodes, verified
     against torch with onnxruntime (exit 1 if BN nodes were lost or outputs differ)."""
     with cli_errors():
         api = _train_api()
         paths.guard(
-            [
-                paths.Output("-o", output, "model"),
-                paths.Output("--json", json_path) if json_path else None,
-            ],
+            [paths.Output("-o", output, "model"), cli_output.json_output(out_flags)],
             files=[checkpoint],
         )
         result = api.export_checkpoint(checkpoint, output, opset=opset, dynamic_batch=dynamic_batch)
-        print(
-            f"wrote {result.path}: opset {result.opset}, {result.bn_nodes} BatchNormalization "
+        cli_output.show(
+            out_flags,
+            f"{result.path}: opset {result.opset}, {result.bn_nodes} BatchNormalization "
             f"nodes ({result.bn_modules} BN modules), max |onnxruntime - torch| "
-            f"{result.max_abs_error:.3g} on {result.verify_batch} digits"
+            f"{result.max_abs_error:.3g} on {result.verify_batch} digits",
         )
-        if json_path is not None:
-            atomic.write_json(json_path, result.to_dict())
+        cli_output.wrote(out_flags, result.path)
+        cli_output.emit_json(out_flags, result.to_dict())
 
 
 @app.command()

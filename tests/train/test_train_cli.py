@@ -48,6 +48,9 @@ def test_train_then_export(tmp_path):
     assert sum(n.op_type == "BatchNormalization" for n in model.graph.node) == 3
     assert model.opset_import[0].version == 18
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    res = invoke("export", tmp_path / f"{stem}.pt", "-o", tmp_path / "b.onnx", "--json", "-")
+    assert res.exit_code == 0 and json.loads(res.stdout)["bn_nodes"] == 3  # stdout is the JSON
+    assert f"wrote {tmp_path / 'b.onnx'}" in res.stderr
 
 
 def test_train_no_bn_writes_its_own_name(tmp_path):
