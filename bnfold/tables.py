@@ -4,6 +4,8 @@ A ``FitTable`` is built once (columns and rows) and decides at render time, from
 width, which columns it can show without breaking a cell over lines: it drops the column with
 the highest ``drop`` rank until the rest fits, then says below the table which columns it left
 out. Only columns marked ``wrap`` (free text such as a reason) may wrap, at word boundaries.
+Where even the columns that are never dropped do not fit (long node names), the rows are
+stacked instead: each row's first cell on a line of its own, the others below it, one per line.
 Nothing forces a width: piped output gets rich's default (80, or ``COLUMNS``).
 """
 
@@ -13,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
@@ -80,20 +82,34 @@ class FitTable:
                 widths[i] = natural
         return widths
 
-    def fitted(self, console: Console, width: int) -> tuple[Table, list[str]]:
-        """The table for ``width`` and the headers of the columns left out."""
+    def fitted(self, console: Console, width: int) -> tuple[Table | Group, list[str]]:
+        """The table for ``width`` and the headers of the columns left out (every column
+        when even the ones never dropped do not fit: then the rows are stacked)."""
         widths = self._widths(console)
         keep = list(range(len(self.columns)))
         while sum(widths[i] + 3 for i in keep) + 1 > width:
             droppable = [i for i in keep if self.columns[i].drop > 0]
-            if not droppable:  # nothing left to drop: let rich squeeze what it must
-                table = self.table(keep)
-                break
+            if not droppable:
+                return self.stacked(), []
             keep.remove(max(droppable, key=lambda i: (self.columns[i].drop, i)))
-        else:
-            table = self.table(keep, widths)
         dropped = [c.header for i, c in enumerate(self.columns) if i not in keep]
-        return table, dropped
+        return self.table(keep, widths), dropped
+
+    def stacked(self) -> Group:
+        """Every row as a block: its first cell on a line of its own, then one line per other
+        (non-empty) cell, ``header  value``, values wrapping at words."""
+        blocks: list[RenderableType] = []
+        for row in self.rows:
+            first = row[0] if isinstance(row[0], Text) else Text.from_markup(str(row[0]))
+            blocks.append(Text.assemble((f"{self.columns[0].header} ", "dim"), first))
+            grid = Table.grid(padding=(0, 2))
+            grid.add_column(no_wrap=True, style="dim")
+            grid.add_column(overflow="fold")
+            for col, cell in zip(self.columns[1:], row[1:], strict=True):
+                if cell != "" and not (isinstance(cell, Text) and not cell.plain):
+                    grid.add_row(f"  {col.header}", cell)
+            blocks.append(grid)
+        return Group(*blocks)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         table, dropped = self.fitted(console, options.max_width)

@@ -230,3 +230,16 @@ def test_summary_is_short_with_the_reasons_counted():
     )
     assert short_reason(both + " its input (pads [1])") == "next Conv pads"
     assert short_reason("something 'odd' happened here: detail") == "something happened here"
+
+
+def test_rows_stack_when_even_the_kept_columns_do_not_fit():
+    """Long node names (the zoo ResNet's) do not fit 80 columns beside the result: the rows are
+    stacked, a name on a line of its own, never cut."""
+    res = cli("inspect", ZOO / "resnet.onnx", columns=80)
+    assert res.returncode == 0
+    lines = res.stdout.splitlines()
+    assert "BN /3/branch/branch.1/BatchNormalization" in lines
+    assert any(line.split() == ["into", "/", "reason", "/3/branch/branch.0/Conv"] for line in lines)
+    assert max(len(line) for line in lines) <= 80
+    wide = cli("inspect", ZOO / "resnet.onnx", columns=200)
+    assert any("/3/branch/branch.1/BatchNormalization" in r for r in _table_lines(wide.stdout))
