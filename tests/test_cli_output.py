@@ -1,5 +1,5 @@
 """What the commands print (issue 9 items 2-4, 8 and issue 12's report on fold), on real files
-through a child process with its output piped: tables within the width, nothing forced;
+through typer's CliRunner (output captured as when piped): tables within the width, nothing forced;
 ``--quiet`` silent; every written file confirmed; ``--json PATH|-`` on every command; what was
 done said beside the BN table; the function a fold happened in named, never a staging path.
 """
@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from cli_helpers import MODELS, ZOO, cli
+from cli_helpers import MODELS, ZOO
+from cli_helpers import invoke as cli
 from onnx_helpers import make_model
 
 from bnfold.report import FoldReport, Skipped, short_reason

@@ -1,4 +1,5 @@
-"""One shape rule for fold, check, bench and the API (issue 9 item 1), on real files.
+"""One shape rule for fold, check, bench and the API (issue 9 item 1), on real files through
+typer's CliRunner.
 
 Symbolic batch (first) dims default to 1 and a note says so; ``--shape`` for some dims keeps
 that default for the others; a dim nothing resolves names the input, the dim and both
@@ -13,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from cli_helpers import MODELS, cli
+from cli_helpers import MODELS
+from cli_helpers import invoke as cli
 from onnx_helpers import bn_stats, make_model
 
 import bnfold
