@@ -89,6 +89,7 @@ def test_bench_cli_json_plot_memory_and_fail_if_slower(model_files, tmp_path):
     assert res.exit_code == 1, res.output
     assert "slower than --fail-if-slower 1000.0 allows" in res.stderr
     assert "3 rounds give wide intervals" in res.stderr
+    assert "fails unless the candidate is measurably at least 1000.0x as fast" in res.stderr
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["input_shapes"] == {"x": [8, 16]}
     mem = data["levels"][0]["reference"]["memory"]

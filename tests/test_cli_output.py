@@ -72,6 +72,12 @@ def test_quiet_prints_nothing_and_one_error_line(tmp_path, folded):
     assert failed.returncode == 1 and failed.stdout == ""
     assert len(failed.stderr.splitlines()) == 1 and "differs beyond tolerance" in failed.stderr
     assert not (tmp_path / "b.onnx").exists()
+    differs = cli("check", MODELS / "cnn.onnx", folded, "--atol", "0", "--rtol", "0", "-q")
+    assert differs.returncode == 1 and differs.stdout == ""
+    assert differs.stderr.splitlines() == [
+        f"bnfold: error: {folded}: not equivalent to {MODELS / 'cnn.onnx'} (bn_fc_out beyond "
+        "tolerance)"
+    ]
     for args in (
         ["check", MODELS / "cnn.onnx", folded, "--json", tmp_path / "c.json"],
         ["bench", MODELS / "cnn.onnx", folded, "--rounds", "2", "--iters", "1", "--no-memory"],

@@ -75,6 +75,12 @@ def bench(
             models=[reference, candidate],
             files=inputs.input_files(),
         )
+        if fail_if_slower is not None and fail_if_slower > 1:
+            output.status(
+                out_flags,
+                f"note: --fail-if-slower {fail_if_slower} fails unless the candidate is "
+                f"measurably at least {fail_if_slower}x as fast; to allow it 5% slower, give 0.95",
+            )
         if fail_if_slower is not None and timing.rounds < FEW_ROUNDS:
             output.status(
                 out_flags,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -58,4 +59,10 @@ def check(
         output.show(out_flags, result.render())
         output.emit_json(out_flags, result.to_dict())
     if not result.passed:
+        failed = ", ".join(result.failed_outputs)
+        print(
+            f"bnfold: error: {candidate}: not equivalent to {reference} ({failed} beyond "
+            "tolerance)",
+            file=sys.stderr,
+        )
         raise typer.Exit(1)
