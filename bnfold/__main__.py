@@ -1,3 +1,6 @@
+"""``python -m bnfold``: the CLI (guarded, so worker processes can import this module)."""
+
 from bnfold.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 import onnx_ir as ir
 
-from bnfold import paths
+from bnfold import model_stats, paths
 from bnfold.engine import FoldPass
 from bnfold.errors import BadInputError, UsageError, VerificationError
 from bnfold.folds.context import FoldOptions
@@ -44,6 +44,7 @@ class FoldResult:
         start = time.perf_counter()
         files = save_model(self.model, path, **kwargs)
         self.report.output = os.fspath(path)
+        self.report.file_bytes_after = model_stats.files_bytes(files)
         self.report.timings["save"] = time.perf_counter() - start
         return files
 
@@ -79,15 +80,16 @@ def fold(
     per-channel Mul/Add/Sub/Div. ``forward``: "exact" (default) also folds a BN into the layers
     after it and through activations where that is exact, "off" only into the layer before it.
     """
+    try:
+        options = FoldOptions(allow_initializer_inputs, affine, forward)
+    except ValueError as exc:
+        raise UsageError(str(exc), cli=f"--{exc}") from None
     start = time.perf_counter()
     ir_model, path = as_ir_model(model)
     if path is None:
         validate_model(ir_model)
     loaded = time.perf_counter()
-    try:
-        options = FoldOptions(allow_initializer_inputs, affine, forward)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    ops_before, weights_before = model_stats.op_counts(ir_model), model_stats.weight_bytes(ir_model)
     try:
         report = FoldPass(options).call(ir_model).report
     except BadInputError as exc:
@@ -95,6 +97,13 @@ def fold(
             raise BadInputError(path, exc.problem) from None
         raise
     report.model = path
+    report.forward = forward
+    report.ops_before, report.weights_before = ops_before, weights_before
+    report.ops_after = model_stats.op_counts(ir_model)
+    report.weights_after = model_stats.weight_bytes(ir_model)
+    report.inputs, report.outputs, report.initializer_inputs = model_stats.signature(ir_model)
+    if path is not None:
+        report.file_bytes_before = model_stats.model_file_bytes(path)
     report.timings["load"] = loaded - start
     report.timings["fold"] = time.perf_counter() - loaded
     return FoldResult(ir_model, report)
@@ -139,10 +148,15 @@ def fold_file(
             from bnfold.verify import check_models
 
             start = time.perf_counter()
-            check = check_models(model, staged.path, verify)
+            try:
+                check = check_models(model, staged.path, verify)
+            except BadInputError as exc:  # name the destination, never the staged file
+                if exc.path is not None and paths.same_file(exc.path, staged.path):
+                    raise BadInputError(output, exc.problem) from None
+                raise
+            check.candidate = os.fspath(output)
             result.report.timings["verify"] = time.perf_counter() - start
             result.report.verify = check.to_dict()
-            result.report.verify["candidate"] = os.fspath(output)
             result.check = check
             if not check.passed:
                 if not force:
@@ -153,6 +167,7 @@ def fold_file(
                         result,
                     )
                 result.report.forced = True
-        staged.commit()
+        files = staged.commit()
     result.report.output = os.fspath(output)
+    result.report.file_bytes_after = model_stats.files_bytes(files)
     return result

@@ -6,9 +6,11 @@ import os
 
 
 class BnfoldError(Exception):
-    """Base class. ``exit_code`` is what the CLI exits with."""
+    """Base class. ``exit_code`` is what the CLI exits with; ``cli_message``, when set, is the
+    message for the command line (the exception's own speaks of the Python API)."""
 
     exit_code = 2
+    cli_message: str | None = None
 
 
 class BadInputError(BnfoldError):
@@ -23,10 +25,12 @@ class BadInputError(BnfoldError):
 
 
 class UsageError(BadInputError):
-    """A bad combination of options."""
+    """A bad combination of options. ``cli``: the message in command-line terms, where the
+    problem's own text speaks of the Python API."""
 
-    def __init__(self, problem: str) -> None:
+    def __init__(self, problem: str, *, cli: str | None = None) -> None:
         super().__init__(None, problem)
+        self.cli_message = cli
 
 
 class VerificationError(BnfoldError):

@@ -68,13 +68,15 @@ def test_bad_input_exit_2_with_one_line_message(models, tmp_path):
     assert res.exit_code == 2 and "no input sets" in res.output
 
 
-def test_unresolved_symbolic_dim_names_input_dim_and_flag(tmp_path):
+def test_symbolic_batch_dim_defaults_to_1_with_a_note(tmp_path):
     ref, cand = gemm_bn_pair(batch="N")
     onnx.save(ref, tmp_path / "r.onnx")
     onnx.save(cand, tmp_path / "c.onnx")
-    res = run(tmp_path / "r.onnx", tmp_path / "c.onnx")
-    assert res.exit_code == 2
-    assert "input 'x' dim 0 ('N')" in res.output and "--shape x=1x16" in res.output
+    res = run(tmp_path / "r.onnx", tmp_path / "c.onnx", "--json", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    assert "symbolic batch dim 'N' of input 'x' run at 1" in res.stdout
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["outputs"][0]["shapes"] == [[1, 8]] * 3
     assert run(tmp_path / "r.onnx", tmp_path / "c.onnx", "--shape", "N=3").exit_code == 0
     np.savez(tmp_path / "in.npz", x=np.ones((2, 16), np.float32))
     assert (

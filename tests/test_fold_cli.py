@@ -73,7 +73,7 @@ def test_output_option_and_report(model_path, tmp_path):
 
 
 def test_json_and_quiet(model_path, tmp_path):
-    result = invoke("fold", model_path, "-o", tmp_path / "a.onnx", "--json")
+    result = invoke("fold", model_path, "-o", tmp_path / "a.onnx", "--json", "-")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert data["bn_folded"] == 1 and "summary" in data
@@ -88,7 +88,7 @@ def test_skipped_reason_in_report(tmp_path, rng):
     model.graph.node[1].output.extend(["rm", "rv"])
     path = tmp_path / "t.onnx"
     onnx.save(model, path)
-    result = invoke("fold", path, "--json")
+    result = invoke("fold", path, "--json", "-")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     assert data["folded"] == [] and "training_mode=1" in data["skipped"][0]["reason"]
@@ -96,7 +96,7 @@ def test_skipped_reason_in_report(tmp_path, rng):
 
 def test_inspect_writes_nothing(model_path):
     before = _files(model_path.parent)
-    result = invoke("inspect", model_path, "--json")
+    result = invoke("inspect", model_path, "--json", "-")
     assert result.exit_code == 0 and json.loads(result.stdout)["bn_folded"] == 1
     assert _files(model_path.parent) == before
 

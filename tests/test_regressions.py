@@ -112,6 +112,7 @@ def test_rejected_shape_inference_prints_no_traceback(tmp_path):
             "-o",
             str(tmp_path / "o.onnx"),
             "--json",
+            "-",
         ],
         capture_output=True,
         text=True,

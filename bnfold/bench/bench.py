@@ -17,63 +17,50 @@ import onnx
 from bnfold.bench.memory import PeakMemory, peak_memory
 from bnfold.bench.stats import Speedup, paired_speedup
 from bnfold.errors import UsageError
-from bnfold.verify.inputs import DEFAULT_INPUT_BUDGET, input_sets, session_inputs
+from bnfold.verify.inputs import input_sets, session_inputs
 from bnfold.verify.session import (
     ModelRef,
     check_opt_level,
-    check_provider,
-    make_session,
     model_ref,
+    open_session,
     run_feeds,
     session_feeds,
 )
+from bnfold.verify.settings import RunSettings, SessionSettings
 
 SIDES = ("reference", "candidate")
+# Fewer paired rounds than this give bootstrap intervals too wide to call a small difference.
+FEW_ROUNDS = 8
 
 
 @dataclass
-class BenchOptions:
-    """How to measure. Each round runs both sessions, in shuffled order, ``iters`` times each and
-    keeps each side's median; ``threads`` fixes intra-op threads (inter-op 1). The input set may
-    take at most ``max_input_bytes``."""
+class BenchOptions(RunSettings):
+    """How to measure: the shared input and session settings (``RunSettings``; a symbolic batch
+    dim runs at ``batch``, 1 by default; the first real input set of ``inputs``, else one seeded
+    random set, is fed), then per level ``rounds`` rounds that run both sessions, in shuffled
+    order, ``iters`` times each, keeping each side's median. ``threads`` fixes intra-op threads
+    (inter-op 1)."""
 
-    levels: tuple[str, ...] = ("disable", "all")
-    provider: str = "cpu"
     threads: int | None = 1
+    levels: tuple[str, ...] = ("disable", "all")
     warmup: int = 5
     rounds: int = 20
     iters: int = 10
-    batch: int | None = None
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    seed: int = 0
-    int_range: tuple[int, int] = (0, 10)
     creation_repeats: int = 3
     memory: bool = True
     resamples: int = 2000
-    max_input_bytes: int = DEFAULT_INPUT_BUDGET
 
     def validate(self) -> None:
+        super().validate()
         if not self.levels:
             raise UsageError("--opt-level: give at least one level")
         for level in self.levels:
             check_opt_level(level)
-        check_provider(self.provider)
         for name in ("rounds", "iters", "creation_repeats"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
         if self.warmup < 0:
             raise UsageError("--warmup must be >= 0")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError("--threads must be >= 1")
-        if self.max_input_bytes < 1:
-            raise UsageError("--max-input-mib must be >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(vars(self))
-        d["levels"] = list(self.levels)
-        d["shapes"] = {k: list(v) for k, v in self.shapes.items()}
-        d["int_range"] = list(self.int_range)
-        return d
 
 
 @dataclass
@@ -118,11 +105,6 @@ class LevelResult:
     sides: dict[str, SideTiming]
     speedup: Speedup
 
-    @property
-    def slowdown(self) -> float:
-        """Candidate latency / reference latency (1 / speed-up)."""
-        return 1.0 / self.speedup.ratio
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "level": self.level,
@@ -142,10 +124,12 @@ class BenchResult:
     input_shapes: dict[str, list[int]]
     levels: list[LevelResult]
     environment: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
 
-    def slower_than(self, ratio: float) -> list[str]:
-        """Levels at which the candidate's latency is more than ``ratio`` x the reference's."""
-        return [lv.level for lv in self.levels if lv.slowdown > ratio]
+    def slower_than(self, bound: float) -> list[LevelResult]:
+        """Levels whose whole speed-up interval lies below ``bound`` (e.g. 0.95: the candidate
+        is measurably more than about 5% slower); a level within noise never counts."""
+        return [lv for lv in self.levels if lv.speedup.ci_high < bound]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -154,6 +138,7 @@ class BenchResult:
             "input_shapes": self.input_shapes,
             "levels": [lv.to_dict() for lv in self.levels],
             "environment": self.environment,
+            "notes": self.notes,
             "note": MEASUREMENT_NOTE,
         }
 
@@ -188,13 +173,11 @@ def _facts(ref: ModelRef) -> ModelFacts:
     return ModelFacts(ref.display, ref.size_bytes(model), nodes, bns)
 
 
-def _creation_time(
-    ref: ModelRef, repeats: int, opt_level: str, provider: str, threads: int | None
-) -> float:
+def _creation_time(ref: ModelRef, repeats: int, session: SessionSettings) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        make_session(ref, opt_level=opt_level, provider=provider, threads=threads)
+        open_session(ref, session)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -233,6 +216,7 @@ class MultiBenchResult:
     input_shapes: dict[str, list[int]]
     levels: list[MultiLevelResult]
     environment: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
 
     def speedup(self, level: str, reference: str, candidate: str) -> Speedup:
         """``reference`` latency / ``candidate`` latency at ``level``, paired by round."""
@@ -266,6 +250,7 @@ class MultiBenchResult:
                 for lv in self.levels
             ],
             "environment": self.environment,
+            "notes": self.notes,
         }
 
 
@@ -284,19 +269,12 @@ def bench_many(models: Mapping[str, Any], options: BenchOptions | None = None) -
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise UsageError("bench: give at least two models with distinct labels")
     refs = {label: model_ref(m, label) for label, m in models.items()}
-    provider, threads = options.provider, options.threads
-    probe = make_session(refs[labels[0]], opt_level="disable", provider=provider, threads=threads)
+    probe = open_session(refs[labels[0]], options.session("disable"))
     infos = session_inputs(probe)
-    (sample,) = input_sets(
-        infos,
-        samples=1,
-        seed=options.seed,
-        shapes=options.shapes,
-        int_range=options.int_range,
-        batch=options.batch,
-        max_bytes=options.max_input_bytes,
-        model=refs[labels[0]].path,
+    sets, notes = input_sets(
+        infos, options, samples=0 if options.inputs else 1, model=refs[labels[0]].path
     )
+    sample = sets[0]
     feeds = sample.feeds
     rng = np.random.default_rng(options.seed)
     levels = []
@@ -306,14 +284,11 @@ def bench_many(models: Mapping[str, Any], options: BenchOptions | None = None) -
         np.savez(npz, **arrays)
         on_disk = {s: _on_disk(r, Path(tmp)) for s, r in refs.items()} if options.memory else {}
         for level in options.levels:
+            session = options.session(level)
             creation = {
-                s: _creation_time(r, options.creation_repeats, level, provider, threads)
-                for s, r in refs.items()
+                s: _creation_time(r, options.creation_repeats, session) for s, r in refs.items()
             }
-            sessions = {
-                s: make_session(r, opt_level=level, provider=provider, threads=threads)
-                for s, r in refs.items()
-            }
+            sessions = {s: open_session(r, session) for s, r in refs.items()}
             side_feeds = {s: session_feeds(sessions[s], feeds) for s in labels}
             for s in labels:
                 # one checked run first: an input onnxruntime rejects is a BadInputError (exit 2)
@@ -328,12 +303,7 @@ def bench_many(models: Mapping[str, Any], options: BenchOptions | None = None) -
             del sessions
             memory: dict[str, PeakMemory | None] = {s: None for s in labels}
             if options.memory:
-                memory = {
-                    s: peak_memory(
-                        on_disk[s], npz, opt_level=level, provider=provider, threads=threads
-                    )
-                    for s in labels
-                }
+                memory = {s: peak_memory(on_disk[s], npz, session) for s in labels}
             sides = {s: SideTiming(creation[s], rounds[s], memory[s]) for s in labels}
             levels.append(MultiLevelResult(level, sides))
     return MultiBenchResult(
@@ -342,6 +312,7 @@ def bench_many(models: Mapping[str, Any], options: BenchOptions | None = None) -
         input_shapes={k: list(v.shape) for k, v in feeds.items()},
         levels=levels,
         environment=_environment(),
+        notes=notes,
     )
 
 
@@ -364,6 +335,7 @@ def bench_models(
             LevelResult(lv.level, lv.sides, many.speedup(lv.level, *SIDES)) for lv in many.levels
         ],
         environment=many.environment,
+        notes=many.notes,
     )
 
 

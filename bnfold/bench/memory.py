@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bnfold.errors import BadInputError
+from bnfold.verify.settings import SessionSettings
 
 
 @dataclass(frozen=True)
@@ -23,21 +24,15 @@ class PeakMemory:
 
 
 def peak_memory(
-    model: Path,
-    inputs_npz: Path,
-    *,
-    provider: str,
-    opt_level: str,
-    threads: int | None,
-    runs: int = 3,
+    model: Path, inputs_npz: Path, session: SessionSettings, runs: int = 3
 ) -> PeakMemory:
     """Create a session on ``model`` in a child process, run it ``runs`` times, read its peak RSS."""
     args = {
         "model": str(model),
         "inputs": str(inputs_npz),
-        "provider": provider,
-        "opt_level": opt_level,
-        "threads": threads,
+        "provider": session.provider,
+        "opt_level": session.opt_level,
+        "threads": session.threads,
         "runs": runs,
     }
     proc = subprocess.run(

@@ -36,7 +36,11 @@ def verdict(ci_low: float, ci_high: float) -> str:
 
 
 def bootstrap_median_ci(
-    values: Sequence[float], *, resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+    values: Sequence[float] | np.ndarray,
+    *,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the median of ``values``."""
     v = np.asarray(values, dtype=np.float64)

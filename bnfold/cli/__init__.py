@@ -1,7 +1,8 @@
 """Command-line interface: thin commands over the library API.
 
 Each command module registers itself on ``bnfold.cli._app.app``; importing a module here must
-not import torch (the training commands import it inside their functions).
+not import torch, onnx, onnx-ir, onnxruntime, numpy or matplotlib (each command imports what it
+needs inside its function), so ``bnfold --help`` starts fast (``tests/test_startup.py``).
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ import typer
 from bnfold.errors import BnfoldError
 
 
+def error_line(exc: BnfoldError) -> str:
+    """The one line ``bnfold: error: ...`` for ``exc``, in command-line terms."""
+    return f"bnfold: error: {exc.cli_message or exc}"
+
+
 @contextlib.contextmanager
 def cli_errors() -> Iterator[None]:
     """Print a BnfoldError as one line on stderr and exit with its code; an OSError (a full disk,
@@ -18,7 +23,7 @@ def cli_errors() -> Iterator[None]:
     try:
         yield
     except BnfoldError as exc:
-        print(f"bnfold: error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""

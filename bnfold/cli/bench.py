@@ -7,100 +7,106 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from bnfold import atomic, paths
-from bnfold.bench import BenchOptions, bench_models, write_plot
+from bnfold import paths
+from bnfold.cli import output
 from bnfold.cli import verify_options as vo
 from bnfold.cli._app import app
 from bnfold.cli._errors import cli_errors
+from bnfold.cli.option_groups import option_groups
 
 
 @app.command()
+@option_groups
 def bench(
     reference: Annotated[Path, typer.Argument(help="The reference model (e.g. before folding).")],
     candidate: Annotated[Path, typer.Argument(help="The candidate model (e.g. the folded one).")],
+    inputs: vo.InputFlags,
+    timing: vo.TimingFlags,
+    out_flags: vo.OutputFlags,
     opt_level: Annotated[
         list[str] | None,
         typer.Option(
             "--opt-level",
             metavar="disable|basic|extended|all",
-            help="Level(s) to measure; repeatable or comma-separated [default: disable and all].",
+            help="Level(s) to measure; repeatable or comma-separated (default: disable and all).",
+            rich_help_panel=vo.TIMING_PANEL,
         ),
     ] = None,
-    provider: vo.ProviderOpt = "cpu",
-    threads: Annotated[
-        int, typer.Option("--threads", min=1, help="onnxruntime intra-op threads (inter-op 1).")
-    ] = 1,
-    batch: vo.BatchOpt = None,
-    shape: vo.ShapeOpt = None,
-    seed: vo.SeedOpt = 0,
-    int_range: vo.IntRangeOpt = (0, 10),
-    max_input_mib: vo.MaxInputMibOpt = vo.DEFAULT_MAX_INPUT_MIB,
-    warmup: Annotated[int, typer.Option(min=0, help="Warm-up runs per side and level.")] = 5,
-    rounds: Annotated[int, typer.Option(min=1, help="Paired rounds per level.")] = 20,
-    iters: Annotated[int, typer.Option(min=1, help="Runs per side per round (median kept).")] = 10,
     memory: Annotated[
-        bool, typer.Option(help="Measure peak memory in a child process per side.")
+        bool,
+        typer.Option(
+            help="Measure peak memory in a child process per side.",
+            rich_help_panel=vo.TIMING_PANEL,
+        ),
     ] = True,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", metavar="PATH", help="Write the result as JSON.")
-    ] = None,
     plot: Annotated[
         Path | None,
-        typer.Option("--plot", metavar="PATH.png", help="Chart of per-round latencies."),
+        typer.Option(
+            "--plot",
+            metavar="PATH.png",
+            help="Chart of per-round latencies.",
+            rich_help_panel=vo.OUTPUT_PANEL,
+        ),
     ] = None,
     fail_if_slower: Annotated[
         float | None,
         typer.Option(
             "--fail-if-slower",
-            metavar="RATIO",
+            metavar="SPEEDUP",
             min=0.0,
-            help="Exit 1 if candidate latency / reference latency exceeds RATIO at any level.",
+            help="Exit 1 if at some level the whole 95% interval of the speed-up (reference / "
+            "candidate latency) lies below SPEEDUP, e.g. 0.95: measurably over ~5% slower.",
+            rich_help_panel=vo.TIMING_PANEL,
         ),
     ] = None,
 ) -> None:
-    """Time both models: warm-up, shuffled paired rounds, speed-up with a bootstrap 95% interval."""
+    """Time both models: warm-up, shuffled paired rounds, speed-up (reference latency /
+    candidate latency, above 1: the candidate is faster) with a bootstrap 95% interval."""
+    from bnfold.bench.bench import FEW_ROUNDS, bench_models
+
     levels = tuple(
         x.strip() for v in (opt_level or ["disable,all"]) for x in v.split(",") if x.strip()
     )
     with cli_errors():
-        options = BenchOptions(
-            levels=levels,
-            provider=provider,
-            threads=threads,
-            warmup=warmup,
-            rounds=rounds,
-            iters=iters,
-            batch=batch,
-            shapes=vo.parse_shapes(shape),
-            seed=seed,
-            int_range=tuple(int_range),
-            memory=memory,
-            max_input_bytes=max_input_mib << 20,
-        )
-        options.validate()
+        options = vo.bench_options(inputs, timing, levels=levels, memory=memory)
         paths.guard(
-            [
-                paths.Output("--json", json_path) if json_path else None,
-                paths.Output("--plot", plot, "plot") if plot else None,
-            ],
+            [output.json_output(out_flags), paths.Output("--plot", plot, "plot") if plot else None],
             models=[reference, candidate],
+            files=inputs.input_files(),
         )
+        if fail_if_slower is not None and fail_if_slower > 1:
+            output.status(
+                out_flags,
+                f"note: --fail-if-slower {fail_if_slower} fails unless the candidate is "
+                f"measurably at least {fail_if_slower}x as fast; to allow it 5% slower, give 0.95",
+            )
+        if fail_if_slower is not None and timing.rounds < FEW_ROUNDS:
+            output.status(
+                out_flags,
+                f"note: {timing.rounds} rounds give wide intervals; --fail-if-slower fails only "
+                f"a level whose whole interval is below {fail_if_slower} (use --rounds "
+                f"{FEW_ROUNDS} or more)",
+            )
         result = bench_models(reference, candidate, options)
         if plot is not None:
+            from bnfold.bench.plot import write_plot
+
             write_plot(result, plot)
-        Console(width=max(Console().width, 160)).print(result.render())
-        if json_path is not None:
-            atomic.write_json(json_path, result.to_dict())
+            output.wrote(out_flags, plot)
+        output.show(out_flags, result.render())
+        output.emit_json(out_flags, result.to_dict())
     if fail_if_slower is not None:
         slow = result.slower_than(fail_if_slower)
         if slow:
             detail = ", ".join(
-                f"{lv.level}: {lv.slowdown:.3f}x" for lv in result.levels if lv.level in slow
+                f"{lv.level} {lv.speedup.ratio:.3f} [{lv.speedup.ci_low:.3f}, "
+                f"{lv.speedup.ci_high:.3f}]"
+                for lv in slow
             )
             print(
-                f"bnfold: candidate slower than {fail_if_slower}x the reference ({detail})",
+                f"bnfold: error: {candidate}: slower than --fail-if-slower {fail_if_slower} "
+                f"allows (speed-up [95% CI] wholly below it at {detail})",
                 file=sys.stderr,
             )
             raise typer.Exit(1)

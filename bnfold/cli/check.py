@@ -2,76 +2,67 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from bnfold import atomic, paths
+from bnfold import paths
+from bnfold.cli import output
 from bnfold.cli import verify_options as vo
 from bnfold.cli._app import app
 from bnfold.cli._errors import cli_errors
-from bnfold.verify import check_models
-from bnfold.verify.inputs import npz_files
+from bnfold.cli.option_groups import option_groups
 
 
 @app.command()
+@option_groups
 def check(
     reference: Annotated[Path, typer.Argument(help="The reference model (e.g. before folding).")],
     candidate: Annotated[Path, typer.Argument(help="The candidate model (e.g. the folded one).")],
-    shape: vo.ShapeOpt = None,
-    inputs: vo.InputsOpt = None,
-    samples: vo.SamplesOpt = 3,
-    seed: vo.SeedOpt = 0,
-    int_range: vo.IntRangeOpt = (0, 10),
-    batch: vo.BatchOpt = None,
-    provider: vo.ProviderOpt = "cpu",
+    inputs: vo.InputFlags,
+    compare: vo.CompareFlags,
+    out_flags: vo.OutputFlags,
     opt_level: vo.OptLevelOpt = "disable",
-    atol: vo.AtolOpt = None,
-    rtol: vo.RtolOpt = None,
-    tolerance_mode: vo.ToleranceModeOpt = "range",
-    output_tol: vo.OutputTolOpt = None,
     threads: vo.ThreadsOpt = None,
-    max_input_mib: vo.MaxInputMibOpt = vo.DEFAULT_MAX_INPUT_MIB,
     calibrate: Annotated[
-        bool, typer.Option(help="Report errors as multiples of the reference's own noise.")
+        bool,
+        typer.Option(
+            help="Report errors as multiples of the reference's own noise.",
+            rich_help_panel=vo.COMPARE_PANEL,
+        ),
     ] = False,
     locate: Annotated[
-        bool, typer.Option(help="On failure, name the first diverging tensor and its node.")
+        bool,
+        typer.Option(
+            help="On failure, name the first diverging tensor and its node.",
+            rich_help_panel=vo.COMPARE_PANEL,
+        ),
     ] = False,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", metavar="PATH", help="Write the full result as JSON.")
-    ] = None,
 ) -> None:
-    """Run both models on the same inputs and compare every output. Exit 0 equivalent, 1 not, 2 bad input."""
+    """Run both models on the same inputs and compare every output. Exit 0 equivalent, 1 not,
+    2 bad input. Symbolic batch dims run at 1 unless --batch or --shape say otherwise."""
+    from bnfold.verify.check import check_models
+
     with cli_errors():
-        options = vo.build_check_options(
-            shape=shape,
-            inputs=inputs,
-            samples=samples,
-            seed=seed,
-            int_range=int_range,
-            batch=batch,
-            provider=provider,
-            opt_level=opt_level,
-            atol=atol,
-            rtol=rtol,
-            tolerance_mode=tolerance_mode,
-            output_tol=output_tol,
-            threads=threads,
-            calibrate=calibrate,
+        options = vo.check_options(
+            inputs, compare, opt_level=opt_level, threads=threads, calibrate=calibrate,
             locate=locate,
-            max_input_mib=max_input_mib,
-        )
+        )  # fmt: skip
         paths.guard(
-            [paths.Output("--json", json_path) if json_path else None],
+            [output.json_output(out_flags)],
             models=[reference, candidate],
-            files=npz_files(inputs or []),
+            files=inputs.input_files(),
         )
         result = check_models(reference, candidate, options)
-        Console(width=max(Console().width, 160)).print(result.render())
-        if json_path is not None:
-            atomic.write_json(json_path, result.to_dict())
+        output.show(out_flags, result.render())
+        output.emit_json(out_flags, result.to_dict())
     if not result.passed:
+        failed = ", ".join(result.failed_outputs)
+        print(
+            f"bnfold: error: {candidate}: not equivalent to {reference} ({failed} beyond "
+            "tolerance)",
+            file=sys.stderr,
+        )
         raise typer.Exit(1)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from bnfold import atomic
+from bnfold import paths
+from bnfold.cli import output as cli_output
 from bnfold.cli import verify_options as vo
 from bnfold.cli._app import app
 from bnfold.cli._errors import cli_errors
+from bnfold.cli.option_groups import option_groups
 from bnfold.errors import BadInputError, UsageError, VerificationError
 
 DataOpt = Annotated[
@@ -49,8 +50,11 @@ def _reduce_range(value: str) -> bool | None:
 
 
 @app.command("quantize")
+@option_groups
 def quantize_command(
     model: Annotated[Path, typer.Argument(help="The fp32 ONNX model.", show_default=False)],
+    out_flags: vo.OutputFlags,
+    timing: vo.TimingFlags,
     output: Annotated[
         Path | None,
         typer.Option("-o", "--output", help="Where to write (default: MODEL.int8.onnx)."),
@@ -128,15 +132,13 @@ def quantize_command(
             "--bench-batch", min=1, help="Batch size to time; repeatable (default: 1 and 64)."
         ),
     ] = None,
-    rounds: Annotated[int, typer.Option(min=1, help="Paired rounds per batch size.")] = 20,
-    iters: Annotated[int, typer.Option(min=1, help="Runs per model per round.")] = 10,
-    threads: Annotated[int, typer.Option(min=1, help="onnxruntime intra-op threads (bench).")] = 1,
     provider: vo.ProviderOpt = "cpu",
     report: Annotated[
-        Path | None, typer.Option("--report", help="Write the report as JSON here.")
+        Path | None,
+        typer.Option(
+            "--report", metavar="PATH", help="Same as --json PATH.", rich_help_panel=vo.OUTPUT_PANEL
+        ),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Fold MODEL, quantize it to int8 with onnxruntime (QDQ, per-channel weights), prove it.
 
@@ -147,6 +149,8 @@ def quantize_command(
     from bnfold.quantize import ProofThresholds, QuantizeOptions, quantize_file
 
     with cli_errors():
+        if report is not None and out_flags.json_file is not None:
+            raise UsageError("--report is the older name of --json PATH: give one of them")
         out = output or default_output(model)
         options = QuantizeOptions(
             calibration=list(calibration or []), calibration_samples=calibration_samples,
@@ -156,31 +160,24 @@ def quantize_command(
             thresholds=ProofThresholds(min_agreement, max_accuracy_drop, max_mean_error),
             force=force, provider=provider,
         )  # fmt: skip
+        paths.guard([cli_output.json_output(out_flags)], models=[model])
         try:
             result = quantize_file(model, out, options)
         except VerificationError as exc:
             failed = exc.result
             if hasattr(failed, "to_dict") and hasattr(failed, "render"):
-                if report is not None:
-                    atomic.write_json(report, failed.to_dict())
-                if as_json:
-                    sys.stdout.write(_json_text(failed.to_dict()))
-                elif not quiet:
-                    Console(width=max(Console().width, 120)).print(failed.render())
+                cli_output.write_report(out_flags, report, failed.to_dict())
+                cli_output.emit_json(out_flags, failed.to_dict())
+                cli_output.show(out_flags, failed.render())
             raise
         except OSError as exc:
             raise BadInputError(out, f"cannot write ({exc.strerror or exc})") from None
-        if not quiet and not as_json:
-            Console(width=max(Console().width, 120)).print(result.render())
+        cli_output.show(out_flags, result.render())
         if bench:
-            result.bench = _bench(result, bench_batch or [1, 64], rounds, iters, threads,
-                                  silent=quiet or as_json)  # fmt: skip
-    if report is not None:
-        atomic.write_json(report, result.to_dict())
-    if as_json:
-        sys.stdout.write(_json_text(result.to_dict()))
-    elif not quiet:
-        Console(stderr=True).print(f"wrote {out}", style="dim")
+            result.bench = _bench(result, bench_batch or [1, 64], timing, out_flags)
+    cli_output.write_report(out_flags, report, result.to_dict())
+    cli_output.emit_json(out_flags, result.to_dict())
+    cli_output.wrote(out_flags, out)
     if result.forced:
         assert result.proof is not None
         print(
@@ -191,13 +188,7 @@ def quantize_command(
         raise typer.Exit(1)
 
 
-def _json_text(data: object) -> str:
-    import json
-
-    return json.dumps(data, indent=2) + "\n"
-
-
-def _bench(result, batches: list[int], rounds: int, iters: int, threads: int, silent: bool) -> dict:
+def _bench(result: Any, batches: list[int], timing: vo.TimingFlags, flags: vo.OutputFlags) -> dict:
     from bnfold.bench import BenchOptions
     from bnfold.quantize.compare import BNFOLD, compare_int8, ort_variants
 
@@ -211,11 +202,13 @@ def _bench(result, batches: list[int], rounds: int, iters: int, threads: int, si
         variants[BNFOLD] = Path(result.output)
         comparison = compare_int8(
             result.model, variants, evaluation, batches=batches,
-            bench=BenchOptions(threads=threads, rounds=rounds, iters=iters, memory=False),
+            bench=BenchOptions(
+                threads=timing.threads, warmup=timing.warmup, rounds=timing.rounds,
+                iters=timing.iters, memory=False,
+            ),
             provider=result.options.provider,
         )  # fmt: skip
-        if not silent:
-            Console(width=max(Console().width, 160)).print(comparison.render())
+        cli_output.show(flags, comparison.render())
         return comparison.to_dict()
 
 

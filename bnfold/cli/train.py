@@ -13,9 +13,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bnfold import atomic, paths
+from bnfold import paths
+from bnfold.cli import output as cli_output
+from bnfold.cli import verify_options as vo
 from bnfold.cli._app import app
 from bnfold.cli._errors import cli_errors
+from bnfold.cli.option_groups import option_groups
 from bnfold.errors import UsageError
 
 MODEL_NAMES = (
@@ -161,38 +164,35 @@ def _run_compare(api, model: str, epochs: int, batch_size: int, seed: int, out: 
 
 
 @app.command()
+@option_groups
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint written by bnfold train.")],
     output: Annotated[
         Path, typer.Option("--output", "-o", metavar="PATH.onnx", help="The ONNX file to write.")
     ],
+    out_flags: vo.OutputFlags,
     opset: Annotated[int, typer.Option(min=9, help="ONNX opset.")] = 17,
     dynamic_batch: Annotated[
         bool, typer.Option("--dynamic-batch", help="Make the batch axis symbolic.")
     ] = False,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", metavar="PATH", help="Write the export report as JSON.")
-    ] = None,
 ) -> None:
     """Export a checkpoint in eval mode with BatchNorm kept as BatchNormalization nodes, verified
     against torch with onnxruntime (exit 1 if BN nodes were lost or outputs differ)."""
     with cli_errors():
         api = _train_api()
         paths.guard(
-            [
-                paths.Output("-o", output, "model"),
-                paths.Output("--json", json_path) if json_path else None,
-            ],
+            [paths.Output("-o", output, "model"), cli_output.json_output(out_flags)],
             files=[checkpoint],
         )
         result = api.export_checkpoint(checkpoint, output, opset=opset, dynamic_batch=dynamic_batch)
-        print(
-            f"wrote {result.path}: opset {result.opset}, {result.bn_nodes} BatchNormalization "
+        cli_output.show(
+            out_flags,
+            f"{result.path}: opset {result.opset}, {result.bn_nodes} BatchNormalization "
             f"nodes ({result.bn_modules} BN modules), max |onnxruntime - torch| "
-            f"{result.max_abs_error:.3g} on {result.verify_batch} digits"
+            f"{result.max_abs_error:.3g} on {result.verify_batch} digits",
         )
-        if json_path is not None:
-            atomic.write_json(json_path, result.to_dict())
+        cli_output.wrote(out_flags, result.path)
+        cli_output.emit_json(out_flags, result.to_dict())
 
 
 @app.command()
@@ -204,9 +204,22 @@ def demo(
         bool, typer.Option("--quick", help="A few seconds of everything (for CI).")
     ] = False,
     model: Annotated[
-        str, typer.Option(metavar="NAME", help=f"Zoo model: {', '.join(MODEL_NAMES)}.")
-    ] = "digits_cnn",
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help=f"Zoo model: {', '.join(MODEL_NAMES)} (default digits_cnn; mlp with "
+            "--bn-position after, whose BNs all fold through the activation).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    bn_position: Annotated[
+        str,
+        typer.Option(
+            metavar="before|after",
+            help="BatchNorm before the activation (folded backward) or after it (folded "
+            "through the activation or forward).",
+        ),
+    ] = "before",
 ) -> None:
     """Train a zoo model on the digits, export it, fold it, check it, bench it, quantize it to
     int8 (prove and bench that too), and summarise."""
@@ -215,7 +228,11 @@ def demo(
         paths.guard([paths.Output("--out", out, "folder")])
         from bnfold.train.demo import STEPS, DemoOptions, run_demo
 
-        options = DemoOptions(out_dir=out, quick=quick, model=model, seed=seed)
+        if model is None:
+            model = "mlp" if bn_position == "after" else "digits_cnn"
+        options = DemoOptions(
+            out_dir=out, quick=quick, model=model, seed=seed, bn_position=bn_position
+        )
         with _progress() as progress:
             task = progress.add_task("demo", total=len(STEPS), status="")
 
@@ -225,8 +242,11 @@ def demo(
             result = run_demo(options, on_step=on_step)
     print(result.summary())
     if not result.passed:
-        if result.check.get("passed") and result.fold.get("bn_after") == 0:
-            print("bnfold: the int8 model fails its proof against fp32", file=sys.stderr)
+        if not result.check.get("passed"):
+            problem = "the folded model does not match the original"
+        elif result.fold.get("bn_after"):
+            problem = f"{result.fold['bn_after']} BatchNormalization node(s) stay (listed above)"
         else:
-            print("bnfold: the folded model does not match the original", file=sys.stderr)
+            problem = "the int8 model fails its proof against fp32"
+        print(f"bnfold: error: demo: {problem}", file=sys.stderr)
         raise typer.Exit(1)

@@ -15,13 +15,16 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bnfold.bench import BenchOptions, MultiBenchResult, bench_many
 from bnfold.quantize.data import Dataset
 from bnfold.quantize.float_ops import FloatOps, float_ops
 from bnfold.quantize.prove import Proof, ProofThresholds, prove_int8
 from bnfold.quantize.types import QuantTypes
+
+if TYPE_CHECKING:
+    from bnfold.tables import FitTable
 
 __all__ = [
     "BNFOLD",
@@ -108,17 +111,24 @@ class Int8Comparison:
             out.append(row)
         return out
 
-    def render(self):
-        """A rich table: one row per variant."""
-        from rich.table import Table
+    def render(self) -> FitTable:
+        """A table with one row per variant, columns dropped by priority to fit the width."""
+        from bnfold.tables import Column, FitTable
 
         batches = list(self.bench)
-        table = Table(title=f"int8 variants (speed-up: {self.candidate} against each)")
-        cols = ["variant", "accuracy", "agreement", "mean |err|", "float ops", "size KiB"]
+        cols = [
+            Column("variant"),
+            Column("accuracy", "right", drop=4),
+            Column("agreement", "right", drop=5),
+            Column("mean |err|", "right", drop=6),
+            Column("float ops", "right"),
+            Column("size KiB", "right", drop=7),
+        ]
         for b in batches:
-            cols += [f"ms b{b}", f"speed-up b{b} [95% CI]"]
-        for c in cols:
-            table.add_column(c, justify="left" if c == "variant" else "right")
+            cols += [Column(f"ms b{b}", "right", drop=3), Column(f"b{b} speed-up", "right")]
+        table = FitTable(
+            cols, title=f"int8 variants (speed-up [95% CI] of {self.candidate} against each)"
+        )
         for row in self.rows():
             cells = [
                 row["variant"],

@@ -5,23 +5,32 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
+
+from bnfold.tables import Column, FitTable
 
 if TYPE_CHECKING:
     from bnfold.quantize.prove import Proof
     from bnfold.quantize.quantize import QuantizeResult
 
 
-def render_proof(proof: Proof) -> Table:
-    """One row per output: agreement, accuracies, errors."""
-    table = Table(title=f"int8 against fp32 on {proof.data['source']}", title_justify="left")
-    for col in ("output", "agreement", "accuracy fp32", "accuracy int8", "max |err|",
-                "mean |err|", "max err/range"):  # fmt: skip
-        table.add_column(col, justify="left" if col == "output" else "right")
+def render_proof(proof: Proof) -> FitTable:
+    """One row per output: agreement, accuracies, errors (columns dropped to fit the width)."""
+    table = FitTable(
+        [
+            Column("output", wrap=True),
+            Column("agreement", "right"),
+            Column("acc fp32", "right", drop=2),
+            Column("acc int8", "right"),
+            Column("max |err|", "right", drop=3),
+            Column("mean |err|", "right", drop=1),
+            Column("max err/range", "right", drop=4),
+        ],
+        title=f"int8 against fp32 on {proof.data['source']}",
+    )
     for o in proof.outputs:
         table.add_row(
-            o.name,
+            Text(o.name),
             _f(o.agreement),
             _f(o.accuracy_fp32),
             _f(o.accuracy_int8),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ STEPS = ("train", "export", "fold", "check", "bench", "quantize", "bench int8", 
 INT8_BATCHES = (1, 64)
 FULL_LEVELS = ("disable", "basic", "extended", "all")
 QUICK_LEVELS = ("disable", "all")
+SUMMARY_WIDTH = 80
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class DemoOptions:
     model: str = "digits_cnn"
     seed: int = 0
     epochs: int | None = None  # default: 20, or 1 with quick
+    bn_position: str = "before"  # or "after" the activation (folded through it / forward)
 
     def __post_init__(self) -> None:
         self.train_config()  # validates model, seed and epochs
@@ -52,6 +55,7 @@ class DemoOptions:
             epochs=epochs,
             seed=self.seed,
             lr=0.1,
+            bn_position=self.bn_position,
         )
 
     def bench_options(self):
@@ -131,9 +135,11 @@ class DemoResult:
 
     def summary_dict(self) -> dict[str, Any]:
         max_abs = max((o["max_abs"] for o in self.check.get("outputs", [])), default=None)
-        ratios = {lv["level"]: 1.0 / lv["speedup"]["ratio"] for lv in self.bench.get("levels", [])}
+        speedups = {lv["level"]: lv["speedup"]["ratio"] for lv in self.bench.get("levels", [])}
         return {
             "model": self.options.model,
+            "bn_position": self.options.bn_position,
+            "folds_by_direction": self.folds_by_direction(),
             "test_accuracy": self.train.get("final_accuracy"),
             "test_mse": None
             if self.train.get("final_accuracy") is not None
@@ -144,7 +150,7 @@ class DemoResult:
             "bn_nodes_after": self.fold.get("bn_after"),
             "check_passed": self.check.get("passed"),
             "max_abs_error": max_abs,
-            "latency_ratio_folded_over_original": ratios,
+            "speedup_original_over_folded": speedups,
             "int8_passed": self.quantize.get("passed"),
             "int8_float_ops_left": {r["variant"]: r["float_ops"] for r in self.int8},
             "int8_accuracy": {r["variant"]: r["accuracy"] for r in self.int8},
@@ -166,11 +172,22 @@ class DemoResult:
             "total_s": self.timings.get("total"),
         }
 
-    def summary(self) -> str:
+    def folds_by_direction(self) -> dict[str, int]:
+        """BatchNormalization nodes folded per direction (backward, through the activation...)."""
+        counts: dict[str, int] = {}
+        for f in self.fold.get("folded", []):
+            if f["op"] == "BatchNormalization":
+                counts[f["direction"]] = counts.get(f["direction"], 0) + 1
+        return counts
+
+    def summary(self, width: int = SUMMARY_WIDTH) -> str:
+        """The demo's report, every line at most ``width`` columns (wrapped at words)."""
         s = self.summary_dict()
         cfg = self.train.get("config", {})
+        epochs = cfg.get("epochs")
         lines = [
-            f"bnfold demo: {s['model']} trained on the bundled digits ({cfg.get('epochs')} epoch{'' if cfg.get('epochs') == 1 else 's'})"
+            f"bnfold demo: {s['model']}, BN {s['bn_position']} the activation, {epochs} "
+            f"epoch{'' if epochs == 1 else 's'} on the digits"
         ]
         if s["test_accuracy"] is not None:
             e90 = self.train.get("epochs_to_90")
@@ -181,25 +198,31 @@ class DemoResult:
             )
         else:
             lines.append(f"  test MSE      {s['test_mse']:.5f}")
+        how = ", ".join(f"{n} {d}" for d, n in s["folds_by_direction"].items()) or "none"
         lines.append(
-            f"  BatchNorm     {s['bn_nodes_before']} BatchNormalization nodes before, "
-            f"{s['bn_nodes_after']} after ({self.fold.get('summary', '')})"
+            f"  BatchNorm     {s['bn_nodes_before']} -> {s['bn_nodes_after']} nodes; folded: {how}; "
+            f"graph {self.fold.get('nodes_before')} -> {self.fold.get('nodes_after')} nodes"
         )
+        lines += [
+            f"                {r['node']} stays: {r.get('short') or r['reason']}"
+            for r in self.fold.get("skipped", [])
+        ]
         verdict = "passed" if s["check_passed"] else "FAILED"
         lines.append(
             f"  check         {verdict}, max |folded - original| = {_fmt(s['max_abs_error'], '.3g')}"
         )
         lines.append(
-            "  latency       folded / original, onnxruntime CPU (below 1: the fold is faster)"
+            "  speed-up      original / folded latency (above 1: the folded model is faster)"
         )
         for lv in self.bench.get("levels", []):
             sp = lv["speedup"]
             lines.append(
-                f"    {lv['level']:<9} {1.0 / sp['ratio']:.3f}  "
-                f"(95% CI {1.0 / sp['ci_high']:.3f}..{1.0 / sp['ci_low']:.3f}, {sp['verdict']})"
+                f"    {lv['level']:<9} {sp['ratio']:.3f} [{sp['ci_low']:.3f}, {sp['ci_high']:.3f}] "
+                f"{sp['verdict']}"
             )
         lines += self._int8_lines()
-        lines.append("  files")
+        lines = [_wrap(line, width) for line in lines]
+        lines.append("  files")  # paths are never wrapped
         lines += [f"    {name:<12} {path}" for name, path in self.files.items()]
         lines.append(f"  total {s['total_s']:.1f} s")
         return "\n".join(lines)
@@ -219,9 +242,9 @@ class DemoResult:
             if o.get("accuracy_int8") is not None:
                 classes += f"accuracy {_fmt(o['accuracy_fp32'])} -> {_fmt(o['accuracy_int8'])}, "
         lines = [
-            f"  int8          {types['activation']} activations, {types['weight']} weights per channel"
-            f"{', reduced range' if types['reduce_range'] else ''} (onnxruntime's rule for this CPU), "
-            f"calibrated on {q['calibration']['samples']} training images",
+            f"  int8          {types['activation']} activations, {types['weight']} weights per "
+            f"channel{', reduced range' if types['reduce_range'] else ''} (onnxruntime's rule for "
+            f"this CPU), calibrated on {q['calibration']['samples']} training images",
             f"                proof {verdict}: {classes}mean |error| "
             f"{_fmt(o.get('mean_abs'), '.3g')}; {q['sizes']['fp32'] / 1024:.0f} -> "
             f"{q['sizes']['int8'] / 1024:.0f} KiB",
@@ -230,7 +253,7 @@ class DemoResult:
         if self.int8:
             batches = " / ".join(f"b{b}" for b in INT8_BATCHES)
             lines.append(
-                f"  int8 latency  ms at {batches} (onnxruntime ORT_ENABLE_ALL, 1 thread), float ops left"
+                f"  int8 latency  ms at {batches} (ORT_ENABLE_ALL, 1 thread), float ops left"
             )
             for r in self.int8:
                 ms = " / ".join(_fmt(r.get(f"latency_ms_b{b}"), ".3f") for b in INT8_BATCHES)
@@ -247,6 +270,17 @@ class DemoResult:
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def _wrap(line: str, width: int) -> str:
+    """``line`` wrapped at words to ``width``; a labelled line ("  check         ...")
+    continues under its text, any other 2 columns in."""
+    if len(line) <= width:
+        return line
+    lead = len(line) - len(line.lstrip(" "))
+    indent = lead + (14 if lead == 2 else 2)
+    return textwrap.fill(line, width, subsequent_indent=" " * indent, break_long_words=False,
+                         break_on_hyphens=False)  # fmt: skip
 
 
 def _onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from bnfold.errors import BadInputError, UsageError
-from bnfold.verify.inputs import DEFAULT_INPUT_BUDGET, InputSet, input_sets, session_inputs
+from bnfold.verify.inputs import InputSet, input_sets, session_inputs
 from bnfold.verify.locate import Divergence, locate_divergence
 from bnfold.verify.precision import ComputePrecision, compute_precision
 from bnfold.verify.session import (
     ModelRef,
     check_opt_level,
-    check_provider,
-    make_session,
     model_ref,
+    open_session,
     run_feeds,
 )
+from bnfold.verify.settings import RunSettings
 from bnfold.verify.stats import (
     MODES,
     ErrorStats,
@@ -43,21 +42,16 @@ EXACT_TOLERANCE = (0.0, 0.0)  # integers, bools, strings
 
 
 @dataclass
-class CheckOptions:
-    """How to compare two models. ``atol``/``rtol`` None mean the default of the lower of the
+class CheckOptions(RunSettings):
+    """How to compare two models: the shared input and session settings (``RunSettings``: a
+    symbolic batch dim runs at ``batch``, 1 by default), ``samples`` random input sets, the
+    ``opt_level``, and tolerances. ``atol``/``rtol`` None mean the default of the lower of the
     output's dtype and the lowest float precision the reference computes in (float32: 1e-5 /
     1e-4, float16: 1e-3 / 1e-2, bfloat16: 1e-2 / 5e-2, float64: 1e-9 / 1e-7, integers and bools:
     exact): an fp16 model with fp32 outputs gets fp16 tolerances. ``per_output`` maps an output
-    name to its own (atol, rtol). ``max_input_bytes`` caps one input set (random or from
-    ``inputs``) before it is allocated."""
+    name to its own (atol, rtol)."""
 
     samples: int = 3
-    seed: int = 0
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    inputs: list[str | os.PathLike[str]] = field(default_factory=list)
-    int_range: tuple[int, int] = (0, 10)
-    batch: int | None = None
-    provider: str = "cpu"
     opt_level: str = "disable"
     atol: float | None = None
     rtol: float | None = None
@@ -65,10 +59,9 @@ class CheckOptions:
     per_output: dict[str, tuple[float, float]] = field(default_factory=dict)
     calibrate: bool = False
     locate: bool = False
-    threads: int | None = None
-    max_input_bytes: int = DEFAULT_INPUT_BUDGET
 
     def validate(self) -> None:
+        super().validate()
         if self.mode not in MODES:
             raise UsageError(
                 f"--tolerance-mode must be one of {', '.join(MODES)}, not {self.mode!r}"
@@ -76,12 +69,9 @@ class CheckOptions:
         for name, value in (("--atol", self.atol), ("--rtol", self.rtol)):
             if value is not None and value < 0:
                 raise UsageError(f"{name} must be >= 0, not {value}")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be >= 1, not {self.threads}")
-        if self.max_input_bytes < 1:
-            raise UsageError(f"--max-input-mib must be >= 1, not {self.max_input_bytes}")
+        if self.samples < 0:
+            raise UsageError(f"--samples must be >= 0, not {self.samples}")
         check_opt_level(self.opt_level)
-        check_provider(self.provider)
 
     def tolerance(
         self, output: str, dtype: np.dtype | str, precision: ComputePrecision | None = None
@@ -112,13 +102,17 @@ class CheckOptions:
             rule += " with " + ("--atol" if self.atol is not None else "--rtol")
         return Tolerance(atol, rtol, self.mode), rule
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dict(vars(self))
-        d["inputs"] = [os.fspath(p) for p in self.inputs]
-        d["shapes"] = {k: list(v) for k, v in self.shapes.items()}
-        d["per_output"] = {k: list(v) for k, v in self.per_output.items()}
-        d["int_range"] = list(self.int_range)
-        return d
+    def check_output_names(self, names: list[str]) -> None:
+        """Refuse ``per_output`` tolerances for outputs the model does not have."""
+        unknown = [n for n in self.per_output if n not in names]
+        if unknown:
+            outputs = ", ".join(names)
+            raise UsageError(
+                f"per_output {unknown[0]!r}: the reference has no output of that name "
+                f"(outputs: {outputs})",
+                cli=f"--output-tol {unknown[0]}=...: the reference has no output of that name "
+                f"(outputs: {outputs})",
+            )
 
 
 @dataclass
@@ -266,7 +260,7 @@ def _calibrate(
 ) -> None:
     """Rerun the reference at another optimisation level; its change is the noise floor."""
     other = "all" if options.opt_level != "all" else "disable"
-    session = make_session(ref, provider=options.provider, opt_level=other, threads=options.threads)
+    session = open_session(ref, options.session(other))
     names = [o.name for o in outputs]
     alt_runs = _run_all(session, sets, names)
     for out in outputs:
@@ -300,24 +294,15 @@ def check_models(
     options = options or CheckOptions()
     options.validate()
     ref, cand = model_ref(reference, "reference"), model_ref(candidate, "candidate")
-    kw = {"provider": options.provider, "opt_level": options.opt_level, "threads": options.threads}
-    ref_sess = make_session(ref, **kw)
+    session = options.session(options.opt_level)
+    ref_sess = open_session(ref, session)
     infos = session_inputs(ref_sess)
-    sets = input_sets(
-        infos,
-        samples=options.samples,
-        seed=options.seed,
-        shapes=options.shapes,
-        inputs=options.inputs,
-        int_range=options.int_range,
-        batch=options.batch,
-        max_bytes=options.max_input_bytes,
-        model=ref.path,
-    )
     ref_names = [o.name for o in ref_sess.get_outputs()]
+    options.check_output_names(ref_names)
+    sets, notes = input_sets(infos, options, samples=options.samples, model=ref.path)
     ref_runs = _run_all(ref_sess, sets, ref_names)
     del ref_sess  # frees its weights before the candidate's are loaded
-    cand_sess = make_session(cand, **kw)
+    cand_sess = open_session(cand, session)
     ref_types = {i.name: i.type for i in infos}
     for i in session_inputs(cand_sess):
         if ref_types.get(i.name) != i.type:
@@ -326,7 +311,6 @@ def check_models(
                 f"candidate input {i.name!r} ({i.type}) is not an input of the reference "
                 f"(reference inputs: {', '.join(f'{k} ({v})' for k, v in ref_types.items())})",
             )
-    notes: list[str] = []
     pairs = _pair_outputs(ref_names, [o.name for o in cand_sess.get_outputs()], notes)
     cand_runs = _run_all(cand_sess, sets, [p[1] for p in pairs])
     del cand_sess
@@ -343,7 +327,7 @@ def check_models(
         def compare(name: str, r: np.ndarray, c: np.ndarray) -> ErrorStats:
             return compare_arrays(r, c, options.tolerance(name, r.dtype, precision))
 
-        result.divergence = locate_divergence(ref, cand, sets, compare, **kw)
+        result.divergence = locate_divergence(ref, cand, sets, compare, session)
         if result.divergence is None:
             notes.append("--locate: no intermediate tensor shared by both graphs diverges")
     return result

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from bnfold.errors import BadInputError, UsageError
-
-# One input set (every input of one run) may take at most this many bytes unless raised.
-DEFAULT_INPUT_BUDGET = 1 << 30
+from bnfold.verify.settings import DEFAULT_BATCH, RunSettings
+from bnfold.verify.settings import DEFAULT_INPUT_BUDGET as DEFAULT_INPUT_BUDGET  # re-exported
 
 _ORT_DTYPES: dict[str, np.dtype] = {
     "tensor(float16)": np.dtype(np.float16),
@@ -81,11 +80,47 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, shape
 
 
+class ShapeError(UsageError):
+    """A symbolic dim no setting resolves. The message speaks of the API's ``shapes`` argument;
+    ``cli_message`` of the ``--shape`` flag."""
+
+    def __init__(
+        self,
+        info: InputInfo,
+        index: int,
+        example: tuple[int, ...],
+        model: str | os.PathLike | None = None,
+    ) -> None:
+        dim = info.dims[index]
+        whole = "x".join(map(str, example))
+        named = f" ({dim!r})" if isinstance(dim, str) else " (unnamed)"
+        where = f"input {info.name!r} dim {index}{named} is not fixed in the model"
+        if isinstance(dim, str):
+            api = f"shapes={{{dim!r}: (N,)}} or shapes={{{info.name!r}: {example}}}"
+            cli = f"--shape {dim}=N (that dim) or --shape {info.name}={whole} (the whole input)"
+        else:
+            api = f"shapes={{{info.name!r}: {example}}}"
+            cli = f"--shape {info.name}={whole} (the whole input)"
+        BadInputError.__init__(self, model, f"{where}; give it with {api}")
+        prefix = f"{self.path}: " if self.path else ""
+        self.cli_message = f"{prefix}{where}; give it with {cli}"
+
+
+def batch_dims(infos: Sequence[InputInfo]) -> set[str]:
+    """The names of symbolic first dims: each is a batch dim wherever it appears."""
+    return {i.dims[0] for i in infos if i.dims and isinstance(i.dims[0], str)}
+
+
 def resolve_shape(
-    info: InputInfo, shapes: Mapping[str, Sequence[int]], batch: int | None = None
+    info: InputInfo,
+    shapes: Mapping[str, Sequence[int]],
+    batch: int | None = None,
+    batch_names: set[str] | frozenset[str] = frozenset(),
+    model: str | os.PathLike | None = None,
 ) -> tuple[int, ...]:
-    """Concrete dims for ``info``: a full shape given for the input, else each symbolic dim by name,
-    else ``batch`` for a symbolic first dim. An unresolved dim is a UsageError naming the flag."""
+    """Concrete dims for ``info``: a full shape given for the input, else each symbolic dim by
+    name, else ``batch`` for a symbolic first dim (and for dims named like one, ``batch_names``).
+    An unresolved dim is a ShapeError naming the input, the dim and both ways to give it."""
     if info.name in shapes:
         shape = tuple(int(d) for d in shapes[info.name])
         if len(shape) != len(info.dims):
@@ -99,23 +134,47 @@ def resolve_shape(
                     f"--shape {info.name}=...: dim {i} is fixed at {want} in the model, not {got}"
                 )
         return shape
-    out: list[int] = []
+    out: list[int | None] = []
     for i, d in enumerate(info.dims):
         if isinstance(d, int) and d >= 0:
             out.append(d)
         elif isinstance(d, str) and d in shapes and len(shapes[d]) == 1:
             out.append(int(shapes[d][0]))
-        elif i == 0 and batch is not None:
+        elif batch is not None and (i == 0 or d in batch_names):
             out.append(batch)
         else:
-            example = "x".join(str(x) if isinstance(x, int) and x >= 0 else "1" for x in info.dims)
-            dim_name = f" ({d!r})" if isinstance(d, str) else ""
-            alt = f" or --shape {d}=1" if isinstance(d, str) else ""
-            raise UsageError(
-                f"input {info.name!r} dim {i}{dim_name} is not fixed in the model; "
-                f"give it with e.g. --shape {info.name}={example}{alt}"
-            )
-    return tuple(out)
+            out.append(None)
+    if None in out:
+        index = out.index(None)
+        example = tuple(1 if d is None else d for d in out)
+        raise ShapeError(info, index, example, model)
+    return tuple(d for d in out if d is not None)
+
+
+def resolve_shapes(
+    infos: Sequence[InputInfo], settings: RunSettings, model: str | os.PathLike | None = None
+) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """Every input's concrete shape under ``settings``, and a note for the symbolic batch dims
+    set to the default size (when ``settings.batch`` is None)."""
+    batch = DEFAULT_BATCH if settings.batch is None else settings.batch
+    names = batch_dims(infos) - set(settings.shapes)
+    resolved = {i.name: resolve_shape(i, settings.shapes, batch, names, model) for i in infos}
+    notes = []
+    if settings.batch is None:
+        defaulted = [
+            i for i in infos
+            if i.name not in settings.shapes and i.dims
+            and not (isinstance(i.dims[0], int) and i.dims[0] >= 0)
+            and i.dims[0] not in settings.shapes
+        ]  # fmt: skip
+        if defaulted:
+            labels = ", ".join(
+                f"{d.dims[0]!r} of input {d.name!r}" if isinstance(d.dims[0], str)
+                else f"dim 0 of input {d.name!r}"
+                for d in defaulted
+            )  # fmt: skip
+            notes.append(f"symbolic batch dim {labels} run at {DEFAULT_BATCH} (--batch N sets it)")
+    return resolved, notes
 
 
 def random_feed(
@@ -286,39 +345,40 @@ def feeds_from_arrays(
 
 def input_sets(
     infos: Sequence[InputInfo],
+    settings: RunSettings,
     *,
     samples: int,
-    seed: int,
-    shapes: Mapping[str, Sequence[int]] | None = None,
-    inputs: Sequence[str | os.PathLike[str]] = (),
-    int_range: tuple[int, int] = (0, 10),
-    batch: int | None = None,
-    max_bytes: int = DEFAULT_INPUT_BUDGET,
     model: str | os.PathLike | None = None,
-) -> list[InputSet]:
-    """Real input sets from ``inputs`` then ``samples`` seeded random sets, none larger than
-    ``max_bytes`` (checked before it is read or drawn; ``model`` names the file in the error)."""
+) -> tuple[list[InputSet], list[str]]:
+    """Real input sets from ``settings.inputs`` then ``samples`` seeded random sets, none larger
+    than ``settings.max_input_bytes`` (checked before it is read or drawn; ``model`` names the
+    file in the error); and notes (a symbolic batch dim set to the default size)."""
     if samples < 0:
         raise UsageError("--samples must be >= 0")
-    shapes = dict(shapes or {})
+    shapes = settings.shapes
     known = {i.name for i in infos} | {d for i in infos for d in i.dims if isinstance(d, str)}
     unknown = [k for k in shapes if k not in known]
     if unknown:
+        dims = sorted({d for i in infos for d in i.dims if isinstance(d, str)})
         raise UsageError(
             f"--shape {unknown[0]}=...: no input or symbolic dim of that name "
-            f"(inputs: {', '.join(i.name for i in infos) or 'none'})"
+            f"(inputs: {', '.join(i.name for i in infos) or 'none'}; "
+            f"symbolic dims: {', '.join(dims) or 'none'})"
         )
-    files = npz_files(inputs)
+    files = npz_files(settings.inputs)
     for f in files:
-        check_npz_budget(f, max_bytes)
+        check_npz_budget(f, settings.max_input_bytes)
     sets = [InputSet(str(f), load_npz(f, infos)) for f in files]
+    notes: list[str] = []
     if samples:
-        resolved = {i.name: resolve_shape(i, shapes, batch) for i in infos}
-        check_input_budget(infos, resolved, max_bytes, model)
+        resolved, notes = resolve_shapes(infos, settings, model)
+        check_input_budget(infos, resolved, settings.max_input_bytes, model)
         for k in range(samples):
-            rng = np.random.default_rng([seed, k])
-            feeds = {i.name: random_feed(i, resolved[i.name], rng, int_range) for i in infos}
-            sets.append(InputSet(f"random #{k} (seed {seed})", feeds))
+            rng = np.random.default_rng([settings.seed, k])
+            feeds = {
+                i.name: random_feed(i, resolved[i.name], rng, settings.int_range) for i in infos
+            }
+            sets.append(InputSet(f"random #{k} (seed {settings.seed})", feeds))
     if not sets:
         raise UsageError("no input sets: give --samples above 0 or --inputs FILE.npz")
-    return sets
+    return sets, notes

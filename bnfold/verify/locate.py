@@ -11,7 +11,8 @@ import numpy as np
 import onnx
 
 from bnfold.verify.inputs import InputSet
-from bnfold.verify.session import PROTO_LIMIT, ModelRef, make_session, run_feeds
+from bnfold.verify.session import PROTO_LIMIT, ModelRef, open_session, run_feeds
+from bnfold.verify.settings import SessionSettings
 from bnfold.verify.stats import ErrorStats, failed_stats, incomparable, is_text
 
 FOLD_KEY = "bnfold.fold"
@@ -92,10 +93,7 @@ def locate_divergence(
     candidate: ModelRef,
     input_sets: list[InputSet],
     compare: Callable[[str, np.ndarray, np.ndarray], ErrorStats],
-    *,
-    provider: str = "cpu",
-    opt_level: str = "disable",
-    threads: int | None = None,
+    session: SessionSettings | None = None,
 ) -> Divergence | None:
     """Run both models exposing every main-graph tensor they share; return the first, in the
     candidate's node order, that ``compare`` fails on, trying input sets in turn."""
@@ -104,10 +102,10 @@ def locate_divergence(
     common = [name for name in cand_prod if name in ref_prod]
     if not common:
         return None
-    kw = {"provider": provider, "opt_level": opt_level, "threads": threads}
+    settings = session or SessionSettings()
     with tempfile.TemporaryDirectory(prefix="bnfold-locate-") as tmp:
-        ref_sess = make_session(_expose(ref_model, common, Path(tmp), "reference"), **kw)
-        cand_sess = make_session(_expose(cand_model, common, Path(tmp), "candidate"), **kw)
+        ref_sess = open_session(_expose(ref_model, common, Path(tmp), "reference"), settings)
+        cand_sess = open_session(_expose(cand_model, common, Path(tmp), "candidate"), settings)
         for input_set in input_sets:
             ref_out = run_feeds(ref_sess, input_set.feeds, common, input_set.label)
             cand_out = run_feeds(cand_sess, input_set.feeds, common, input_set.label)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from rich.console import Group
-from rich.table import Table
+from rich.console import Group, RenderableType
 from rich.text import Text
+
+from bnfold.tables import Column, FitTable
 
 if TYPE_CHECKING:
     from bnfold.verify.check import CheckResult
@@ -21,33 +22,33 @@ def fmt(x: float, digits: int = 3) -> str:
 
 
 def render_check(result: CheckResult) -> Group:
-    """The per-output table, then a verdict line, the locate finding and any notes."""
+    """The per-output table (columns dropped by priority to fit the width), then a verdict
+    line, the tolerance rule, the locate finding and any notes."""
     calibrated = any(o.calibration for o in result.outputs)
-    table = Table(
-        title=f"bnfold check: {result.candidate} vs {result.reference}", title_justify="left"
-    )
-    for col in (
-        "output",
-        "dtype",
-        "max abs",
-        "max/range",
-        "mean abs",
-        "p99 abs",
-        "cosine",
-        "min atol",
-        "min rtol",
-        "tolerance",
-    ):
-        table.add_column(
-            col, justify="left" if col in ("output", "dtype", "tolerance") else "right"
-        )
+    columns = [
+        Column("output", wrap=True),
+        Column("dtype", drop=6),
+        Column("max abs", "right"),
+        Column("max/range", "right"),
+        Column("mean abs", "right", drop=4),
+        Column("p99 abs", "right", drop=5),
+        Column("cosine", "right", drop=7),
+        Column("min atol", "right", drop=2),
+        Column("min rtol", "right", drop=3),
+        Column("tolerance", drop=1),
+    ]
     if calibrated:
-        table.add_column("x noise", justify="right")
-    table.add_column("result")
+        columns.append(Column("x noise", "right"))
+    columns.append(Column("result", wrap=True))
+    table = FitTable(
+        columns,
+        title=f"bnfold check: {result.candidate} vs {result.reference}",
+        dropped_note="left out to fit {width} columns: {names}; --json has every figure",
+    )
     for o in result.outputs:
         s, t = o.stats, o.tolerance
-        row = [
-            o.name if o.name == o.candidate_name else f"{o.name} / {o.candidate_name}",
+        row: list[RenderableType] = [
+            Text(o.name if o.name == o.candidate_name else f"{o.name} / {o.candidate_name}"),
             o.dtype,
             fmt(s.max_abs),
             fmt(s.max_rel_range),
@@ -61,7 +62,9 @@ def render_check(result: CheckResult) -> Group:
         if calibrated:
             row.append(fmt(o.calibration.error_vs_noise, 2) if o.calibration else "-")
         row.append(
-            "[green]pass[/green]" if o.passed else f"[red]FAIL[/red] {o.problem or ''}".rstrip()
+            Text("pass", style="green")
+            if o.passed
+            else Text.assemble(("FAIL", "red"), f" {o.problem}" if o.problem else "")
         )
         table.add_row(*row)
     n = len(result.input_sets)
@@ -77,7 +80,7 @@ def render_check(result: CheckResult) -> Group:
             "bold red",
         )
     )
-    parts: list = [table, verdict]
+    parts: list[RenderableType] = [table, verdict]
     if calibrated:
         setting = next(o.calibration.setting for o in result.outputs if o.calibration)
         parts.append(

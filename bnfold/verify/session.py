@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 
 from bnfold.errors import BadInputError, UsageError
+from bnfold.verify.settings import SessionSettings
 
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -37,7 +38,10 @@ class ModelRef:
 
     @property
     def source(self) -> str | bytes:
-        return str(self.path) if self.path is not None else self.data  # type: ignore[return-value]
+        if self.path is not None:
+            return str(self.path)
+        assert self.data is not None  # a ModelRef holds a path or bytes
+        return self.data
 
     @property
     def display(self) -> str:
@@ -51,6 +55,7 @@ class ModelRef:
                 return onnx.load(str(self.path), load_external_data=with_external_data)
             except Exception as exc:  # onnx raises DecodeError, OSError, ...
                 raise BadInputError(self.path, f"not a readable ONNX model ({exc})") from exc
+        assert self.data is not None
         return onnx.load_from_string(self.data)
 
     def size_bytes(self, model: onnx.ModelProto | None = None) -> int:
@@ -154,6 +159,13 @@ def make_session(
         raise BadInputError(
             model.path, f"{where}onnxruntime cannot load it: {_first_line(exc)}"
         ) from exc
+
+
+def open_session(model: ModelRef, settings: SessionSettings) -> ort.InferenceSession:
+    """``make_session`` with typed settings."""
+    return make_session(
+        model, provider=settings.provider, opt_level=settings.opt_level, threads=settings.threads
+    )
 
 
 def run_feeds(

@@ -73,7 +73,7 @@ def test_quantize_zoo_model_end_to_end(tmp_path, name, folded, directions, agree
 
 
 def test_dead_channels_reported(tmp_path):
-    res = invoke("quantize", ZOO / "mlp_bn_after_act.onnx", "-o", tmp_path / "q.onnx", "--json",
+    res = invoke("quantize", ZOO / "mlp_bn_after_act.onnx", "-o", tmp_path / "q.onnx", "--json", "-",
                  "--min-agreement", "0.98")  # fmt: skip
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
@@ -86,7 +86,7 @@ def test_dead_channels_reported(tmp_path):
 def test_verdict_exit_codes(tmp_path):
     model = ZOO / "mlp_bn_after_act.onnx"
     out = tmp_path / "q.onnx"
-    res = invoke("quantize", model, "-o", out, "--min-agreement", "0", "--json")
+    res = invoke("quantize", model, "-o", out, "--min-agreement", "0", "--json", "-")
     measured = json.loads(res.stdout)["proof"]["outputs"][0]["agreement"]
     assert 0.98 < measured < 1.0
     out.unlink()
@@ -176,7 +176,7 @@ def test_eval_npz_with_labels_gives_accuracy(tmp_path):
     data = split_digits()
     np.savez(tmp_path / "held.npz", input=data.x_test[:100], labels=data.y_test[:100])
     res = invoke("quantize", ZOO / "digits_cnn.onnx", "-o", tmp_path / "q.onnx",
-                 "--eval", tmp_path / "held.npz", "--calibration-samples", "50", "--json")  # fmt: skip
+                 "--eval", tmp_path / "held.npz", "--calibration-samples", "50", "--json", "-")  # fmt: skip
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
     (o,) = d["proof"]["outputs"]
@@ -187,7 +187,7 @@ def test_eval_npz_with_labels_gives_accuracy(tmp_path):
 
 def test_exclude_keeps_a_node_in_float(tmp_path):
     model, out = ZOO / "digits_cnn.onnx", tmp_path / "q.onnx"
-    res = invoke("quantize", model, "-o", out, "--exclude", "/15/Gemm", "--json")
+    res = invoke("quantize", model, "-o", out, "--exclude", "/15/Gemm", "--json", "-")
     assert res.exit_code == 0, res.output
     float_ops = json.loads(res.stdout)["float_ops"]
     assert float_ops["tail"] == [{"op_type": "Gemm", "name": "/15/Gemm", "where": "tail"}]
@@ -195,7 +195,7 @@ def test_exclude_keeps_a_node_in_float(tmp_path):
     assert "15.weight" in names and "15.weight_quantized" not in names
     # a Conv excluded between quantized activations: onnxruntime's optimiser quantizes its
     # weight itself (WeightBiasQuantization), so nothing stays in float
-    res = invoke("quantize", model, "-o", out, "--exclude", "/3/Conv", "--json")
+    res = invoke("quantize", model, "-o", out, "--exclude", "/3/Conv", "--json", "-")
     assert res.exit_code == 0 and json.loads(res.stdout)["float_ops"]["between"] == []
     assert "/3/Conv" in {n.name for n in onnx.load(out).graph.node if n.op_type == "Conv"}
     res = invoke("quantize", model, "-o", out, "--exclude", "/1/BatchNormalization")
@@ -207,7 +207,7 @@ def test_exclude_keeps_a_node_in_float(tmp_path):
 def test_method_and_type_options(tmp_path):
     out = tmp_path / "q.onnx"
     res = invoke("quantize", ZOO / "mlp.onnx", "-o", out, "--method", "percentile",
-                 "--weight-type", "uint8", "--reduce-range", "on", "--json")  # fmt: skip
+                 "--weight-type", "uint8", "--reduce-range", "on", "--json", "-")  # fmt: skip
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
     assert d["types"]["weight"] == "uint8" and d["types"]["reduce_range"]
@@ -233,18 +233,18 @@ def test_output_may_not_overwrite_the_input(tmp_path):
 
 def test_forward_option(tmp_path):
     res = invoke("quantize", ZOO / "mlp.onnx", "-o", tmp_path / "q.onnx", "--forward", "exact",
-                 "--json")  # fmt: skip
+                 "--json", "-")  # fmt: skip
     assert res.exit_code == 0 and json.loads(res.stdout)["forward"] == "exact"
     res = invoke("quantize", ZOO / "mlp.onnx", "-o", tmp_path / "q.onnx", "--forward", "sideways")
     assert res.exit_code == 2 and "--forward must be one of off, exact, int8-safe" in res.stderr
     res = invoke(
-        "quantize", ZOO / "mlp.onnx", "-o", tmp_path / "q.onnx", "--forward", "off", "--json"
+        "quantize", ZOO / "mlp.onnx", "-o", tmp_path / "q.onnx", "--forward", "off", "--json", "-"
     )
     assert res.exit_code == 0 and json.loads(res.stdout)["forward"] == "off"
 
 
 def test_bench_in_one_paired_run(tmp_path):
-    res = invoke("quantize", ZOO / "digits_cnn.onnx", "-o", tmp_path / "q.onnx", "--json", "--bench",
+    res = invoke("quantize", ZOO / "digits_cnn.onnx", "-o", tmp_path / "q.onnx", "--json", "-", "--bench",
                  "--bench-batch", "1", "--rounds", "2", "--iters", "1")  # fmt: skip
     assert res.exit_code == 0, res.output
     bench = json.loads(res.stdout)["bench"]

@@ -48,6 +48,9 @@ def test_train_then_export(tmp_path):
     assert sum(n.op_type == "BatchNormalization" for n in model.graph.node) == 3
     assert model.opset_import[0].version == 18
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    res = invoke("export", tmp_path / f"{stem}.pt", "-o", tmp_path / "b.onnx", "--json", "-")
+    assert res.exit_code == 0 and json.loads(res.stdout)["bn_nodes"] == 3  # stdout is the JSON
+    assert f"wrote {tmp_path / 'b.onnx'}" in res.stderr
 
 
 def test_train_no_bn_writes_its_own_name(tmp_path):
@@ -97,10 +100,13 @@ def test_demo_quick_end_to_end(tmp_path):
     assert summary["test_accuracy"] > 0.8
     assert summary["onnx_accuracy_after"] == summary["onnx_accuracy_before"]
     assert summary["max_abs_error"] < 1e-4
-    assert set(summary["latency_ratio_folded_over_original"]) == {"disable", "all"}
+    assert set(summary["speedup_original_over_folded"]) == {"disable", "all"}
+    assert summary["folds_by_direction"] == {"backward": 4}
     for path in report["files"].values():
         assert (tmp_path / path.rsplit("/", 1)[-1]).stat().st_size > 0
-    assert "BatchNorm     4 BatchNormalization nodes before, 0 after" in res.output
+    assert "BatchNorm     4 -> 0 nodes; folded: 4 backward" in res.output
+    long = [ln for ln in res.stdout.splitlines() if len(ln) > 80 and str(tmp_path) not in ln]
+    assert not long, long
     # the int8 leg: quantized after folding, proved against fp32, timed against onnxruntime's own
     assert summary["int8_passed"] is True
     assert summary["int8_float_ops_left"] == {
@@ -126,3 +132,28 @@ def test_cli_model_names_match_the_zoo():
     from bnfold.train import MODEL_NAMES as ZOO_NAMES
 
     assert MODEL_NAMES == ZOO_NAMES
+
+
+def test_demo_with_bn_after_the_activation_folds_it_through(tmp_path):
+    """``--bn-position after``: the MLP's BNs after ReLU are folded end to end (through the
+    activation), and the summary says which folds ran."""
+    res = invoke("demo", "--quick", "--bn-position", "after", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "demo_report.json").read_text())
+    summary = report["summary"]
+    assert (summary["model"], summary["bn_position"]) == ("mlp", "after")
+    assert summary["bn_nodes_before"] == 3 and summary["bn_nodes_after"] == 0
+    assert summary["folds_by_direction"] == {"through the activation": 3}
+    assert report["passed"] is True and summary["max_abs_error"] < 1e-4
+    assert "mlp, BN after the activation" in res.output
+    assert "folded: 3 through the activation" in res.output
+
+
+def test_demo_reports_bns_that_stay(tmp_path):
+    """digits_cnn with BN after ReLU: a padded 3x3 Conv follows two of them, so they stay; the
+    summary names them with their reason and the demo exits 1 saying so."""
+    res = invoke("demo", "--quick", "--bn-position", "after", "--model", "digits_cnn",
+                 "--out", tmp_path)  # fmt: skip
+    assert res.exit_code == 1
+    assert "/2/BatchNormalization stays: next Conv pads" in res.stdout
+    assert "bnfold: error: demo: 2 BatchNormalization node(s) stay" in res.stderr
