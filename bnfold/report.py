@@ -81,10 +81,12 @@ def reason_parts(reason: str) -> list[tuple[str | None, str]]:
 
 
 def short_reason(reason: str) -> str:
-    """The decisive reason, abbreviated: the first direction's refusal that is not merely "no
-    linear layer on this side" (else that), named by a known phrase or its first clause."""
+    """The decisive reason, abbreviated: the last direction's refusal that is not merely "no
+    linear layer on this side" (else that), named by a known phrase or its first clause. The
+    last: the forward fold is the most general one, so what stops it stops the BN (a negative
+    scale stops the fold through a ReLU, but a padded Conv after it stops every fold)."""
     texts = [text for _, text in reason_parts(reason)]
-    decisive = next((t for t in texts if not any(p in t for p in _NO_NEIGHBOUR)), None)
+    decisive = next((t for t in reversed(texts) if not any(p in t for p in _NO_NEIGHBOUR)), None)
     if decisive is None:
         return NO_NEIGHBOUR
     for phrase, short in _SHORT:

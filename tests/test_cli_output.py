@@ -228,7 +228,7 @@ def test_summary_is_short_with_the_reasons_counted():
     report.skipped = [Skipped(f"bn{i}", reason, "main") for i in range(3)]
     report.skipped.append(Skipped("bnx", "training_mode=1: the node normalises", "main"))
     assert report.summary() == (
-        "folded 0 of 4 BatchNormalization nodes; 4 skipped (negative BN scale 3, training "
+        "folded 0 of 4 BatchNormalization nodes; 4 skipped (next Conv pads 3, training "
         "mode 1); nodes 15 -> 12"
     )
     assert short_reason("its output 'y' is a graph output") == "no linear layer beside it"
