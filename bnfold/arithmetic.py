@@ -125,7 +125,7 @@ def _chunks(
     if layout is WeightLayout.GROUPED_AXIS1:
         if groups < 1 or w.shape[0] % groups:
             raise ValueError(f"weight dim 0 ({w.shape[0]}) not divisible by group={groups}")
-        src = w.reshape(_grouped_shape(w.shape, layout, groups))
+        src: np.ndarray = w.reshape(_grouped_shape(w.shape, layout, groups))
         s = scale.reshape(groups, 1, w.shape[1], *([1] * (w.ndim - 2)))
         row = int(np.prod(src.shape[2:])) * groups * 8
         step = max(1, _CHUNK_BYTES // max(1, row))
@@ -355,7 +355,9 @@ def _output_sums(
         acc += sq.reshape(sq.shape[0], sq.shape[1], -1).sum(axis=(0, 2))
 
 
-def _output_shape(shape: tuple[int, ...], layout: WeightLayout, groups: int, scales_outputs: bool):
+def _output_shape(
+    shape: tuple[int, ...], layout: WeightLayout, groups: int, scales_outputs: bool
+) -> tuple[int, ...]:
     if layout is WeightLayout.GROUPED_AXIS1:
         return (groups, shape[1]) if scales_outputs else (groups, shape[0] // groups)
     rows_are_outputs = (layout is WeightLayout.AXIS0) == scales_outputs

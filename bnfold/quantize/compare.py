@@ -15,13 +15,16 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bnfold.bench import BenchOptions, MultiBenchResult, bench_many
 from bnfold.quantize.data import Dataset
 from bnfold.quantize.float_ops import FloatOps, float_ops
 from bnfold.quantize.prove import Proof, ProofThresholds, prove_int8
 from bnfold.quantize.types import QuantTypes
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 __all__ = [
     "BNFOLD",
@@ -108,7 +111,7 @@ class Int8Comparison:
             out.append(row)
         return out
 
-    def render(self):
+    def render(self) -> Table:
         """A rich table: one row per variant."""
         from rich.table import Table
 
