@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx_helpers import bn_stats, fold_bytes, make_model, reasons
@@ -213,7 +214,6 @@ def test_bfloat16_weight_is_rounded_once():
     above a bfloat16 midpoint landed on it in float32 and then tied to even, downwards: the
     weight was rounded twice, not once as documented. Fixed in arithmetic.cast_to (round to
     odd in float32 first), used by _scale_into for ml_dtypes' types."""
-    ml_dtypes = __import__("pytest").importorskip("ml_dtypes")
     from bnfold.arithmetic import WeightLayout, cast_to, scale_weight
 
     bf16 = np.dtype(ml_dtypes.bfloat16)
@@ -355,7 +355,6 @@ def test_bfloat16_bias_is_rounded_once():
     through float32, twice), so a bias just above a bfloat16 midpoint came out one step low.
     gamma 1, var 1, eps 0, mean -2**-40, beta 2**-8 and a Conv bias of 1 fold to exactly
     1 + 2**-8 + 2**-40: nearest bfloat16 1.0078125, double rounding 1.0."""
-    ml_dtypes = __import__("pytest").importorskip("ml_dtypes")
     from onnx import helper, numpy_helper
 
     bf16 = np.dtype(ml_dtypes.bfloat16)
