@@ -95,16 +95,6 @@ def float_weight(array: np.ndarray, kind: str) -> Refusal | None:
     return Refusal(f"the {kind} weight is {array.dtype}, not floating point")
 
 
-def as_vector(array: np.ndarray, channels: int, what: str) -> np.ndarray | Refusal:
-    """A per-channel parameter as float64 (C,), broadcasting a single value."""
-    flat = np.asarray(array).reshape(-1)
-    if flat.size == channels:
-        return flat.astype(np.float64)
-    if flat.size == 1:
-        return np.full(channels, float(flat[0]), dtype=np.float64)
-    return Refusal(f"{what} has {flat.size} values for {channels} channels")
-
-
 def conv_weight_and_bias(
     node: ir.Node, ctx: FoldContext, layout: str
 ) -> tuple[ConstInput, ConstInput | None] | Refusal:
