@@ -263,6 +263,29 @@ def test_bn_maxpool_flatten_gemm_head(rng):
     assert op_types(folded) == ["MaxPool", "Flatten", "Gemm"]
 
 
+@pytest.mark.parametrize(
+    "pool",
+    ["GlobalMaxPool (b)", "GlobalAveragePool (b)", "AveragePool <kernel_shape=[3,3]> (b)"],
+)
+def test_bn_global_pool_flatten_gemm(rng, pool):
+    """Pooling without padding commutes with a per-channel s >= 0 and any shift."""
+    features = 4 * (16 if pool.startswith("AveragePool") else 1)
+    p = {"W": _w(rng, features, 3), **_positive(bn_stats(rng, 4))}
+    model = make_model(
+        f"""{HEADER}
+        g (float[2,4,6,6] x) => (float[2,3] y) {{
+          b = BatchNormalization (x, gamma, beta, mean, var)
+          m = {pool}
+          f = Flatten (m)
+          y = MatMul (f, W)
+        }}""",
+        p,
+    )
+    folded, result = check_fold(model, {"x": _x(rng, 2, 4, 6, 6)}, expect_folded=1)
+    assert op_types(folded) == [pool.split()[0], "Flatten", "Gemm"]
+    assert [(f.fold, f.direction) for f in result.report.folded] == [("bn+matmul", "forward")]
+
+
 def test_maxpool_with_negative_scale_refused(rng):
     p = {"W": _w(rng, 7, 4 * 3 * 3), **bn_stats(rng, 4)}
     p["gamma"][1] = -1.0

@@ -49,6 +49,28 @@ def test_gemm_bn(rng, trans_b, alpha, beta, c_shape):
     assert result.report.folded[0].fold == "gemm+bn"
 
 
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_with_trans_a_folds_backward(rng, trans_b):
+    """transA=1 transposes A only: the output features are still B's, so the BN folds into B
+    and C as for transA=0 (only the forward fold needs transA=0)."""
+    b_shape = (M, K) if trans_b else (K, M)
+    p = {"B": rng.normal(0, 0.5, b_shape).astype(np.float32),
+         "C": rng.normal(0, 1, M).astype(np.float32), **bn_stats(rng, M)}  # fmt: skip
+    model = make_model(
+        f"""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[{K},{N}] a) => (float[{N},{M}] y) {{
+          z = Gemm <transA=1, transB={trans_b}, alpha=0.75, beta=1.5> (a, B, C)
+          y = BatchNormalization (z, gamma, beta, mean, var)
+        }}""",
+        p,
+    )
+    folded, result = check_fold(model, {"a": rng.normal(0, 1, (K, N)).astype(np.float32)})
+    assert op_types(folded) == ["Gemm"]
+    attrs = {a.name: a for a in folded.graph.node[0].attribute}
+    assert (attrs["transA"].i, attrs["transB"].i) == (1, trans_b)
+    assert [(f.fold, f.direction) for f in result.report.folded] == [("gemm+bn", "backward")]
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float16])
 def test_gemm_bn_dtypes(rng, dtype):
     model, feeds = gemm_bn_model(rng, 1, 0.5, 2.0, (M,), dtype=dtype)

@@ -389,6 +389,26 @@ def test_loop_body(rng):
     assert [n.op_type for n in body.node] == ["Identity", "Conv"]
 
 
+def test_scan_body(rng):
+    """A Scan body reads the main graph's parameters; its Conv -> BN folds in the body."""
+    p = conv_params(rng, cout=6, cin=4)
+    model = make_model(
+        f"""{HEADER}
+        g (float[3,2,4,6,6] xs) => (float[3,2,6,4,4] ys) {{
+          ys = Scan <num_scan_inputs=1, body = b (float[2,4,6,6] xi) => (float[2,6,4,4] yi) {{
+              z = Conv (xi, W, B)
+              yi = BatchNormalization (z, gamma, beta, mean, var)
+            }}> (xs)
+        }}""",
+        p,
+    )
+    feeds = {"xs": rng.normal(0, 1, (3, 2, 4, 6, 6)).astype(np.float32)}
+    folded, result = check_fold(model, feeds, expect_folded=1)
+    assert [(f.graph, f.fold) for f in result.report.folded] == [("b", "conv+bn")]
+    (body,) = [a.g for a in folded.graph.node[0].attribute if a.name == "body"]
+    assert [n.op_type for n in body.node] == ["Conv"]
+
+
 FUNCTION_MODEL = """<ir_version: 8, opset_import: ["" : 17, "local" : 1]>
 g (float[2,4,6,6] x) => (float[2,6,6,6] y) {
   y = local.ConvBn (x)
