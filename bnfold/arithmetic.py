@@ -63,10 +63,6 @@ class Affine:
         if self.scale.shape != self.shift.shape or self.scale.ndim != 1:
             raise ValueError(f"scale {self.scale.shape} and shift {self.shift.shape} must be (C,)")
 
-    @property
-    def channels(self) -> int:
-        return int(self.scale.shape[0])
-
     @classmethod
     def identity(cls, channels: int) -> Affine:
         return cls(np.ones(channels), np.zeros(channels))
@@ -74,12 +70,6 @@ class Affine:
     def then(self, other: Affine) -> Affine:
         """The map ``other(self(x))``."""
         return Affine(other.scale * self.scale, other.scale * self.shift + other.shift)
-
-    def repeat(self, block: int) -> Affine:
-        """Each channel repeated ``block`` times (channel c covers features c*block...)."""
-        if block == 1:
-            return self
-        return Affine(np.repeat(self.scale, block), np.repeat(self.shift, block))
 
     @property
     def has_shift(self) -> bool:

@@ -17,8 +17,10 @@ from bnfold.arithmetic import (
     WeightLayout,
     batchnorm_affine,
     fold_bias,
+    input_shift,
     range_problem,
     scale_weight,
+    scaled_weight_blocks,
     scaled_weight_problem,
 )
 
@@ -254,8 +256,43 @@ def test_scale_weight_chunked_equals_whole_and_leaves_input(
 
 
 def test_scale_weight_rejects_wrong_channel_count():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"scale has shape \(3,\), weight has 4 channels"):
         scale_weight(np.ones((4, 2, 3, 3), np.float32), np.ones(3), WeightLayout.AXIS0)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: scale_weight(np.ones((2, 3, 4)), np.ones(3), WeightLayout.AXIS1),
+         r"AXIS1 scales a 2-D weight, not one of shape \(2, 3, 4\)"),
+        (lambda: scale_weight(np.ones((4, 2, 3, 3)), np.ones(6), WeightLayout.GROUPED_AXIS1, 3),
+         r"weight dim 0 \(4\) not divisible by group=3"),
+        (lambda: scaled_weight_blocks(np.ones((4, 2)), np.ones(3), WeightLayout.AXIS0),
+         r"scale has shape \(3,\), weight has shape \(4, 2\)"),
+        (lambda: input_shift(np.ones((4, 2)), np.ones(3), WeightLayout.AXIS0),
+         r"shift has shape \(3,\), weight has shape \(4, 2\)"),
+        (lambda: input_shift(np.ones((4, 2, 1)), np.ones(4), WeightLayout.AXIS0),
+         r"AXIS0 input shift needs a 2-D weight, not \(4, 2, 1\)"),
+        (lambda: input_shift(np.ones((4, 2, 1, 1)), np.ones(6), WeightLayout.GROUPED_AXIS1, 3),
+         r"weight dim 0 \(4\) not divisible by group=3"),
+    ],
+    ids=["axis1-rank3", "groups", "blocks-scale", "shift-size", "shift-rank", "shift-groups"],
+)  # fmt: skip
+def test_weights_of_the_wrong_shape_raise(call, message):
+    """The arithmetic checks its inputs (the folds check them first and refuse)."""
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_scaled_weight_blocks_are_the_scaled_weight(rng):
+    w = rng.normal(0, 1, (6, 4, 3, 3)).astype(np.float32)
+    s = rng.uniform(0.5, 2.0, 6)
+    blocks = scaled_weight_blocks(w, s, WeightLayout.AXIS0)
+    assert blocks is not None
+    flat = np.concatenate([b.reshape(-1).copy() for b in blocks])
+    np.testing.assert_array_equal(flat, scale_weight(w, s, WeightLayout.AXIS0).reshape(-1))
+    # a grouped weight's chunks are not consecutive in memory: no blocks
+    assert scaled_weight_blocks(w, np.ones(12), WeightLayout.GROUPED_AXIS1, 3) is None
 
 
 def test_fp16_folded_in_float64_beats_folding_in_fp16(rng):
@@ -340,6 +377,22 @@ def test_forward_scaling_is_judged_per_output_channel():
     scale = np.array([1.0, 1.0, 1e-5, 1.0, 1.0, 1.0])
     assert scaled_weight_problem(w, scale, WeightLayout.AXIS0, scales_outputs=False) is None
     assert scaled_weight_problem(w, scale, WeightLayout.AXIS0).lossy_channels == 1
+
+
+def test_forward_scaling_of_a_grouped_conv_is_judged_per_output_channel():
+    """A Conv's input channels scaled (forward fold, GROUPED_AXIS1, scales_outputs=False):
+    output channel o mixes the Cin/g inputs of its group; one input scaled to subnormals
+    spoils no output channel, all of a group's inputs scaled down spoil that group's outputs."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.1, (4, 3, 3, 3)).astype(np.float16)  # group 2: 2 outputs per group
+    one = np.ones(6)
+    one[1] = 1e-5
+    assert (
+        scaled_weight_problem(w, one, WeightLayout.GROUPED_AXIS1, 2, scales_outputs=False) is None
+    )
+    group = np.array([1e-5, 1e-5, 1e-5, 1.0, 1.0, 1.0])
+    problem = scaled_weight_problem(w, group, WeightLayout.GROUPED_AXIS1, 2, scales_outputs=False)
+    assert problem is not None and problem.lossy_channels == 2 and problem.overflow == 0
 
 
 def test_scaled_weight_problem_fp32_and_fp64():

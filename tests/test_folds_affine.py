@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
+from onnx import TensorProto, helper
 from onnx_helpers import bn_stats, check_fold, make_model, op_types, reasons
 
 import bnfold
@@ -154,3 +155,46 @@ def test_no_affine_keeps_standalone_ops_but_folds_the_bias_add_before_a_bn(rng, 
     )
     assert op_types(folded) == (["Conv"] if affine else ["Conv", "Mul"])
     assert reasons(result) == ""
+
+
+def test_muls_along_two_axes_fold_only_the_channel_one(rng):
+    """A Mul along axis 1 folds into the Conv; the next, along axis 3, is no per-channel map of
+    the Conv's outputs and stays."""
+    c3 = rng.uniform(0.5, 2.0, (1, 1, 1, 4)).astype(np.float32)
+    model, feeds = _conv_then(
+        rng, "b = Mul (a, c1)\n y = Mul (b, c3)", {"c1": _channel(rng), "c3": c3}
+    )
+    folded, result = check_fold(model, feeds, expect_folded=1)
+    assert op_types(folded) == ["Conv", "Mul"]
+    assert [f.node for f in result.report.folded] == ["Mul(b)"]
+
+
+def test_an_overridable_constant_is_run_time_data(rng):
+    """IR >= 4: an initializer that is also a graph input can be replaced by the caller."""
+    model, _ = _conv_then(rng, "y = Mul (a, c)", {"c": _channel(rng)})
+    model.graph.input.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 4, 1, 1]))
+    result = bnfold.fold(model)
+    assert not result.report.folded and not result.report.skipped
+    assert op_types(ir.to_proto(result.model)) == ["Conv", "Mul"]
+
+
+def test_affine_before_a_bn_nothing_else_folds_merges_into_it(rng):
+    """MatMul with a run-time weight -> Add -> BN: nothing folds into the MatMul and the BN's
+    output is a graph output, so the Add merges into the BN (one BN: gamma = s, beta = t)."""
+    model = make_model(
+        f"""{HEADER}
+        g (float[3,4] x, float[4,4] W) => (float[3,4] y) {{
+          m = MatMul (x, W)
+          a = Add (m, c)
+          y = BatchNormalization (a, gamma, beta, mean, var)
+        }}""",
+        {"c": rng.normal(0, 1, 4).astype(np.float32), **bn_stats(rng, 4)},
+    )
+    feeds = {"x": rng.normal(0, 1, (3, 4)).astype(np.float32),
+             "W": rng.normal(0, 1, (4, 4)).astype(np.float32)}  # fmt: skip
+    folded, result = check_fold(model, feeds, expect_folded=1)
+    assert op_types(folded) == ["MatMul", "BatchNormalization"]
+    assert [(f.node, f.fold, f.direction) for f in result.report.folded] == [
+        ("Add(a)", "bn+add", "merge")
+    ]
+    assert folded.graph.node[1].input[0] == "m"

@@ -410,6 +410,52 @@ def test_conv_squeeze_unsqueeze_bn_backward(rng, body, out_shape):
     assert _directions(result) == ["backward"]
 
 
+@pytest.mark.parametrize(
+    ("opset", "path"),
+    [
+        (11, "u = Unsqueeze <axes=[2]> (b)\n s = Squeeze <axes=[2]> (u)"),
+        (17, "u = Unsqueeze (b, two)\n s = Squeeze (u)"),
+    ],
+    ids=["axes-attributes", "axes-input-and-none"],
+)
+def test_bn_unsqueeze_squeeze_matmul(rng, opset, path):
+    """Forward through Unsqueeze and Squeeze (axes as attributes before opset 13, as an input
+    from 13, or none: every static dim of 1)."""
+    p = {"W": _w(rng, 4, 5), "two": np.array([2], np.int64), **bn_stats(rng, 4)}
+    model = make_model(
+        f"""<ir_version: 8, opset_import: ["" : {opset}]>
+        g (float[3,4] x) => (float[3,5] y) {{
+          b = BatchNormalization (x, gamma, beta, mean, var)
+          {path}
+          y = MatMul (s, W)
+        }}""",
+        p,
+    )
+    folded, result = check_fold(model, {"x": _x(rng, 3, 4)}, expect_folded=1)
+    assert op_types(folded) == ["Unsqueeze", "Squeeze", "Gemm"]
+    assert _directions(result) == ["forward"]
+
+
+@pytest.mark.parametrize("target", [(2, -1), (0, -1)], ids=["2,-1", "0,-1"])
+def test_reshape_to_a_computed_shape(rng, target):
+    """A Reshape whose target is computed (Concat of constants: onnx's inference gives the
+    output no dims) is followed with the target bnfold evaluates (0 copies a dim, -1 the rest)."""
+    p = {"W": _w(rng, 36, 5), "t0": np.array(target[:1], np.int64),
+         "t1": np.array(target[1:], np.int64), **bn_stats(rng, 4)}  # fmt: skip
+    model = make_model(
+        f"""{HEADER}
+        g (float[2,4,3,3] x) => (float[2,5] y) {{
+          b = BatchNormalization (x, gamma, beta, mean, var)
+          t = Concat <axis=0> (t0, t1)
+          r = Reshape (b, t)
+          y = MatMul (r, W)
+        }}""",
+        p,
+    )
+    folded, result = check_fold(model, {"x": _x(rng, 2, 4, 3, 3)}, expect_folded=1)
+    assert op_types(folded) == ["Concat", "Reshape", "Gemm"]
+
+
 def test_unsqueeze_of_the_channel_axis_refused(rng):
     """(N, 6) -> Unsqueeze axis 1 -> (N, 1, 6): BN over the new size-1 axis."""
     p = {"W": _w(rng, 6, 5), **bn_stats(rng, 1), "ax": np.array([1], np.int64)}

@@ -46,6 +46,8 @@ class Case:
     negative: bool = False  # every gamma negative (else random signs)
     unranked: bool = False  # the graph input's shape removed (its rank unknown)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # float value_info
+    positive: bool = False  # every gamma positive
+    ints: dict[str, tuple[int, ...]] = field(default_factory=dict)  # int64 initializers
 
 
 CASES: dict[str, Case] = {
@@ -247,6 +249,114 @@ CASES: dict[str, Case] = {
         {"W": (2, 4, 5)},
         bn=3,
     ),
+    # ---------------------------------------------- layers whose parameters are not constant
+    "Gemm B at run time": Case(
+        f"""{H17} g (float[3,4] x, float[4,4] B) => (float[3,4] y) {{
+          m = Gemm (x, B)
+          y = BatchNormalization (m, gamma, beta, mean, var) }}""",
+        "backward: Gemm B 'B' is not a constant",
+    ),
+    "Gemm C at run time": Case(
+        f"""{H17} g (float[3,4] x, float[4] C) => (float[3,4] y) {{
+          m = Gemm (x, B, C)
+          y = BatchNormalization (m, gamma, beta, mean, var) }}""",
+        "backward: Gemm C 'C' is not a constant",
+        {"B": (4, 4)},
+    ),
+    "Gemm reader's B at run time": Case(
+        f"""{H17} g (float[3,4] x, float[4,5] B) => (float[3,5] y) {{
+          b = BatchNormalization (x, gamma, beta, mean, var)
+          y = Gemm (b, B) }}""",
+        "forward: Gemm B 'B' is not a constant",
+    ),
+    "Gemm reader's C varies along the batch": Case(
+        f"""{H17} g (float[3,4] x) => (float[3,5] y) {{
+          b = BatchNormalization (x, gamma, beta, mean, var)
+          y = Gemm (b, B, C) }}""",
+        "forward: Gemm C of shape (3, 5) varies along the batch axis",
+        {"B": (4, 5), "C": (3, 5)},
+    ),
+    "MatMul weight at run time": Case(
+        f"""{H17} g (float[3,4] x, float[4,4] W) => (float[3,4] y) {{
+          m = MatMul (x, W)
+          y = BatchNormalization (m, gamma, beta, mean, var) }}""",
+        "backward: MatMul weight 'W' is not a constant",
+    ),
+    "MatMul bias at run time": Case(
+        f"""{H17} g (float[3,4] x, float[4] k) => (float[3,4] y) {{
+          m = MatMul (x, W)
+          a = Add (m, k)
+          y = BatchNormalization (a, gamma, beta, mean, var) }}""",
+        "backward: its input comes from Add, not a linear layer",
+        {"W": (4, 4)},
+    ),
+    "MatMul plus a column is no bias": Case(
+        f"""{H17} g (float[4,4] x) => (float[4,4] y) {{
+          m = MatMul (x, W)
+          a = Add (m, c)
+          y = BatchNormalization (a, gamma, beta, mean, var) }}""",
+        "backward: its input comes from Add, not a linear layer",
+        {"W": (4, 4), "c": (4, 1)},
+    ),
+    "MatMul reader's weight at run time": Case(
+        f"""{H17} g (float[3,4] x, float[4,5] W) => (float[3,5] y) {{
+          b = BatchNormalization (x, gamma, beta, mean, var)
+          y = MatMul (b, W) }}""",
+        "forward: MatMul weight 'W' is not a constant",
+    ),
+    "MatMul K not the Flatten's features": Case(
+        f"""{H17} g (float[2,4,3,3] x) => (float[2,5] y) {{
+          b = BatchNormalization (x, gamma, beta, mean, var)
+          f = Flatten (b)
+          y = MatMul (f, W) }}""",
+        "36 mapped features meet 30",
+        {"W": (30, 5)},
+        shapes={"b": (2, 4, 3, 3)},  # (onnx's shape inference rejects the model)
+    ),
+    "ConvTranspose Cin not the Reshape's features": Case(
+        f"""{H17} g (float[2,4,3,3] x) => (float y) {{
+          b = BatchNormalization (x, gamma, beta, mean, var)
+          r = Reshape (b, s)
+          y = ConvTranspose (r, W) }}""",
+        "forward: 12 mapped features meet 6",
+        {"W": (6, 2, 1)},
+        shapes={"b": (2, 4, 3, 3)},  # (onnx's shape inference rejects the model)
+        ints={"s": (2, 12, 3)},
+    ),
+    "ConvTranspose reader's weight at run time": Case(
+        f"""{H17} g (float[2,4,3,3] x, float[4,2,1,1] W) => (float[2,2,3,3] y) {{
+          b = BatchNormalization (x, gamma, beta, mean, var)
+          y = ConvTranspose (b, W) }}""",
+        "forward: ConvTranspose weight 'W' is not a constant",
+    ),
+    # --------------------------------------------------- through an activation, backward
+    "MatMul features on the last axis, through a Relu": Case(
+        f"""{H17} g (float[2,3,4] x) => (float[2,3,3] y) {{
+          m = MatMul (x, W)
+          r = Relu (m)
+          y = BatchNormalization (r, gamma, beta, mean, var) }}""",
+        "through the activation: BN normalises axis 1 but the MatMul features are on the last "
+        "axis (output rank 3)",
+        {"W": (4, 3)},
+        bn=3,
+    ),
+    "rank-3 MatMul without a bias Add, through a Transpose": Case(
+        f"""{H17} g (float[2,3,4] x) => (float[2,5,3] y) {{
+          m = MatMul (x, W)
+          t = Transpose <perm=[0,2,1]> (m)
+          y = BatchNormalization (t, gamma, beta, mean, var) }}""",
+        "backward: the MatMul has no bias to take the shift (its output is not rank 2)",
+        {"W": (4, 5)},
+        bn=5,
+    ),
+    "a Mul of unknown rank before the BN": Case(
+        f"""{H17} g (float[2,4,3,3] x) => (float y) {{
+          m = Mul (x, c)
+          y = BatchNormalization (m, gamma, beta, mean, var) }}""",
+        "backward: its input comes from Mul, not a linear layer",
+        {"c": (4,)},
+        unranked=True,
+    ),
     # --------------------------------------- models the loader refuses; the pass still must
     "BatchNormalization-5": Case(
         """<ir_version: 3, opset_import: ["" : 5]>
@@ -387,6 +497,17 @@ CASES: dict[str, Case] = {
           y = Relu (t) }}""",
         "through Transpose: Transpose perm is too short",
     ),
+    "reader bias of the wrong size, through a Relu": Case(
+        f"""{H17} g (float[2,3,4,4] x) => (float[2,5,4,4] y) {{
+          c = Conv (x, W)
+          r = Relu (c)
+          b = BatchNormalization (r, gamma, beta, mean, var)
+          y = Conv (b, W2, B0) }}""",
+        "through the activation: the Conv 'Conv(y)' bias has 3 values for 5 outputs",
+        {"W": (4, 3, 1, 1), "W2": (5, 4, 1, 1), "B0": (3,)},
+        via="pass",
+        positive=True,
+    ),
     "Identity without an input": Case(
         f"""{H17} g (float[2,4,3,3] x) => (float[2,4,3,3] y) {{
           i = Identity ()
@@ -401,10 +522,12 @@ def _model(case: Case, rng: np.random.Generator) -> onnx.ModelProto:
     inits: dict[str, np.ndarray] = {}
     if case.bn is not None:
         inits.update(bn_stats(rng, case.bn))
-        if case.negative:
-            inits["gamma"] = -np.abs(inits["gamma"])
+        if case.negative or case.positive:
+            inits["gamma"] = np.abs(inits["gamma"]) * (-1 if case.negative else 1)
     for name, shape in case.params.items():
         inits[name] = _w(rng, *shape)
+    for name, values in case.ints.items():
+        inits[name] = np.array(values, np.int64)
     if "Wi" in inits:
         inits["Wi"] = rng.integers(-3, 4, inits["Wi"].shape).astype(np.int32)
     model = make_model(case.text, inits, check=False)
