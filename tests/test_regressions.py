@@ -420,3 +420,32 @@ def test_scalar_between_ops_on_different_axes_does_not_join_them(rng, body, fold
     assert [f.fold for f in result.report.folded] == folded
     assert [s.reason for s in result.report.skipped] == skipped
     assert [n.op_type for n in out.graph.node].count("Mul") == (1 if folded else 2)
+
+
+@pytest.mark.parametrize(
+    ("body", "x", "y", "fold"),
+    [
+        ("b = BatchNormalization (x, gamma, beta, mean, var)\n f = Flatten (b)\n y = Gemm (f, W)",
+         "float[2,1,3,3] x", "float[2,5] y", "bn+gemm"),
+        ("g = Gemm (x, W)\n r = Reshape (g, s)\n y = BatchNormalization (r, gamma, beta, mean, var)",
+         "float[2,4] x", "float[2,1,3,3] y", "gemm+bn"),
+    ],
+    ids=["forward-flatten", "backward-reshape"],
+)  # fmt: skip
+def test_one_channel_bn_through_a_reshape_folds(rng, body, x, y, fold):
+    """Bug (found by the property tests): a one-channel BN through Flatten/Reshape was refused
+    ("does not keep the BN channel axis whole"): its channel depends on no axis, and the check
+    wanted exactly one. Every element is channel 0 there, and the fold is exact."""
+    forward = fold.startswith("bn+")
+    p = {"W": rng.normal(0, 0.5, (9, 5) if forward else (4, 9)).astype(np.float32),
+         "s": np.array([2, 1, 3, 3], np.int64), **bn_stats(rng, 1)}  # fmt: skip
+    model = make_model(
+        f"""<ir_version: 8, opset_import: ["" : 17]>
+        g ({x}) => ({y}) {{
+          {body}
+        }}""",
+        p,
+    )
+    shape = (2, 1, 3, 3) if forward else (2, 4)
+    _, result = check_fold(model, {"x": rng.normal(0, 1, shape).astype(np.float32)})
+    assert [f.fold for f in result.report.folded] == [fold]
