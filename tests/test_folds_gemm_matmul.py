@@ -207,8 +207,6 @@ def test_matmul_reshape_transpose_bn_folds(rng, body, y_shape):
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        # (N, M) -> (N, 1, M): channel axis 1 is a size-1 axis from the batch side
-        ("r = Reshape (z, s)\n y = BatchNormalization (r, g1, b1, m1, v1)", "not keep the BN"),
         # (N, M) -> (M, N): channel axis is the batch
         ("t = Transpose (z)\n y = BatchNormalization (t, gN, bN, mN, vN)", "maps to axis 0"),
     ],
@@ -221,6 +219,23 @@ def test_matmul_reshape_transpose_bn_refused(rng, body, reason):
     result = bnfold.fold(model.SerializeToString())
     assert not result.report.folded
     assert reason in reasons(result), reasons(result)
+
+
+def test_matmul_reshape_to_one_channel_folds(rng):
+    """(N, M) -> (N, 1, M) -> BN with one channel: every element is channel 0, so the BN is one
+    scalar map of the MatMul's outputs and folds into it. (Refused until the property tests
+    found it: the channel map wanted the channel to vary along exactly one axis.)"""
+    extra = {"s": np.array([N, 1, M], np.int64)}
+    extra.update({f"{k[0]}1": v for k, v in bn_stats(rng, 1).items()})
+    model, feeds = matmul_model(
+        rng,
+        "z = MatMul (a, W)\n r = Reshape (z, s)\n y = BatchNormalization (r, g1, b1, m1, v1)",
+        y_shape=f"[{N},1,{M}]",
+        extra=extra,
+    )
+    folded, result = check_fold(model, feeds, expect_folded=1)
+    assert op_types(folded) == ["Gemm", "Reshape"]
+    assert result.report.folded[0].fold == "matmul+bn"
 
 
 def test_matmul_reshape_channel_blocks_fold(rng):

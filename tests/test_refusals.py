@@ -508,6 +508,16 @@ CASES: dict[str, Case] = {
         via="pass",
         positive=True,
     ),
+    "BN parameters for more channels than its input has": Case(
+        f"""{H17} g (float[2,1,3,3] x) => (float[2,5] y) {{
+          b = BatchNormalization (x, gamma, beta, mean, var)
+          f = Flatten (b)
+          y = Gemm (f, B) }}""",
+        "forward: the BN has 4 channels, but a single one reaches 'Gemm(y)'",
+        {"B": (9, 5)},
+        via="pass",
+        shapes={"b": (2, 1, 3, 3)},  # (onnx's shape inference rejects the model)
+    ),
     "Identity without an input": Case(
         f"""{H17} g (float[2,4,3,3] x) => (float[2,4,3,3] y) {{
           i = Identity ()

@@ -45,6 +45,11 @@ def readers(
         return uses
     found = []
     for use in uses:
+        if use.cmap.axis is None and channels != 1:
+            return Refusal(
+                f"the BN has {channels} channels, but a single one reaches "
+                f"'{node_label(use.node)}'"
+            )
         consumer = layers.consumer(use, ctx)
         if isinstance(consumer, Refusal):
             return consumer

@@ -144,7 +144,9 @@ def remap(
     grid = np.broadcast_to(index.reshape(view), static_src).reshape(static_dst)
     varying = [j for j in range(grid.ndim) if not np.all(grid == np.take(grid, [0], axis=j))]
     if not varying and not index.any():
-        return ChannelMap(None)  # one channel: every element is channel 0
+        # a channel axis of one: every element is channel 0 (the folds check that the chain
+        # has one channel, too)
+        return ChannelMap(None)
     if len(varying) != 1:
         return Refusal(f"{op} does not keep the BN channel axis whole")
     j = varying[0]
