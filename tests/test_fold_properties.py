@@ -91,6 +91,10 @@ class Built:
     seed: int = 0
     feeds: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def refuse(self, reason: str) -> None:
+        """Expect the BN to stay, refused with ``reason`` (part of its text)."""
+        self.folds, self.bn_left, self.reason = None, 1, reason
+
     def model(self) -> onnx.ModelProto:
         ty = TYPES[self.dtype]
         ins = ", ".join(f"{ty}[{','.join(map(str, s))}] {n}" for n, s in self.inputs.items())
@@ -282,8 +286,7 @@ def backward_matmul(data, rank: int, dtype: type, bias_add: bool | None = None) 
                   seed=int(rng.integers(2**31)))  # fmt: skip
     _, shift = stats.scale_shift(dtype)
     if rank == 3 and not bias_add and np.any(shift != 0):
-        built.folds, built.bn_left = None, 1
-        built.reason = "the MatMul has no bias to take the shift (its output is not rank 2)"
+        built.refuse("the MatMul has no bias to take the shift (its output is not rank 2)")
     return built
 
 
@@ -308,8 +311,7 @@ def forward_conv(data, op: str, rank: int, dtype: type) -> Built:
     )  # fmt: skip
     _, shift = stats.scale_shift(dtype)
     if np.any(shift != 0) and (op == "ConvTranspose" or spec.padded):
-        built.folds, built.bn_left = None, 1
-        built.reason = "spreads a constant input" if op == "ConvTranspose" else "pads its input"
+        built.refuse("spreads a constant input" if op == "ConvTranspose" else "pads its input")
     return built
 
 
@@ -358,11 +360,9 @@ def forward_gemm(data, rank: int, dtype: type) -> Built:
                   runner=runner, seed=int(rng.integers(2**31)))  # fmt: skip
     scale, _ = stats.scale_shift(dtype)
     if trans_a:
-        built.folds, built.bn_left = None, 1
-        built.reason = "has transA=1: the BN channels become its output rows"
+        built.refuse("has transA=1: the BN channels become its output rows")
     elif pool in ("MaxPool", "GlobalMaxPool") and np.any(scale < 0):
-        built.folds, built.bn_left = None, 1
-        built.reason = f"negative scale, which the {pool} before 'Gemm(y)' does not commute with"
+        built.refuse(f"negative scale, which the {pool} before 'Gemm(y)' does not commute with")
     return built
 
 
@@ -390,8 +390,7 @@ def forward_matmul(data, rank: int, dtype: type) -> Built:
                   seed=int(rng.integers(2**31)))  # fmt: skip
     _, shift = stats.scale_shift(dtype)
     if rank == 3 and not bias_add and np.any(shift != 0):
-        built.folds, built.bn_left = None, 1
-        built.reason = "has no bias to take the shift (its input is not rank 2)"
+        built.refuse("has no bias to take the shift (its input is not rank 2)")
     return built
 
 
@@ -453,7 +452,7 @@ def through_activation(data, layer: str, dtype: type) -> Built:
     if act == "none":
         built.folds = [(f"{kind}+bn", "backward")]
     elif has_shift and padded:
-        built.bn_left, built.reason = 1, "pads its input"
+        built.refuse("pads its input")
     elif act in HOMOGENEOUS and not np.any(scale < 0):
         tail = f"+{kind}" if has_shift else ""
         built.folds = [(f"{kind}+{act.lower()}+bn{tail}", "through the activation")]
