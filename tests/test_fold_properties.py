@@ -222,14 +222,21 @@ def _conv_line(out: str, data: str, spec: ConvSpec, w: str, b: str | None) -> st
 # ----------------------------------------------------------------------------- backward
 
 
-def backward_conv(data, op: str, rank: int, dtype: type, spec: ConvSpec | None = None) -> Built:
-    spec = spec or data.draw(conv_specs(op, rank, dtype), label="conv")
+def _conv_parts(
+    data, spec: ConvSpec, channels: int, dtype: type
+) -> tuple[np.random.Generator, BNStats, dict[str, np.ndarray], str]:
+    """The weights' generator, BN statistics over ``channels``, initializers and fold kind."""
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="weights seed"))
-    stats = data.draw(bn_stats(spec.cout, dtype), label="bn")
+    stats = data.draw(bn_stats(channels, dtype), label="bn")
     inits = {"W": _weights(rng, spec.weight_shape, dtype), **stats.arrays(dtype)}
     if spec.bias:
         inits["B"] = _weights(rng, (spec.cout,), dtype)
-    kind = "conv" if op == "Conv" else "conv_transpose"
+    return rng, stats, inits, "conv" if spec.op == "Conv" else "conv_transpose"
+
+
+def backward_conv(data, op: str, rank: int, dtype: type, spec: ConvSpec | None = None) -> Built:
+    spec = spec or data.draw(conv_specs(op, rank, dtype), label="conv")
+    rng, _, inits, kind = _conv_parts(data, spec, spec.cout, dtype)
     return Built(
         [_conv_line("z", "x", spec, "W", "B" if spec.bias else None),
          "y = BatchNormalization <epsilon=0.00001> (z, gamma, beta, mean, var)"],
@@ -297,12 +304,7 @@ def forward_conv(data, op: str, rank: int, dtype: type) -> Built:
     """BN on a graph input -> Conv / ConvTranspose: folds unless the BN has a shift and the
     reader pads (Conv) or is a ConvTranspose."""
     spec = data.draw(conv_specs(op, rank, dtype), label="conv")
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), label="weights seed"))
-    stats = data.draw(bn_stats(spec.cin, dtype), label="bn")
-    inits = {"W": _weights(rng, spec.weight_shape, dtype), **stats.arrays(dtype)}
-    if spec.bias:
-        inits["B"] = _weights(rng, (spec.cout,), dtype)
-    kind = "conv" if op == "Conv" else "conv_transpose"
+    rng, stats, inits, kind = _conv_parts(data, spec, spec.cin, dtype)
     built = Built(
         ["b = BatchNormalization <epsilon=0.00001> (x, gamma, beta, mean, var)",
          _conv_line("y", "b", spec, "W", "B" if spec.bias else None)],
