@@ -39,10 +39,17 @@ class FoldResult:
     report: FoldReport
     check: Any = None  # the CheckResult when the fold was verified
 
-    def save(self, path: str | os.PathLike, **kwargs) -> list[Path]:
-        """Write the model atomically (external data beside it when needed)."""
+    def save(
+        self,
+        path: str | os.PathLike,
+        *,
+        external_data: bool | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Path]:
+        """Write the model atomically (external data beside it when needed; ``external_data``
+        forces it on or off); ``progress(done, total)`` is told the bytes written."""
         start = time.perf_counter()
-        files = save_model(self.model, path, **kwargs)
+        files = save_model(self.model, path, external_data=external_data, progress=progress)
         self.report.output = os.fspath(path)
         self.report.file_bytes_after = model_stats.files_bytes(files)
         self.report.timings["save"] = time.perf_counter() - start

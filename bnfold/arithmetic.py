@@ -63,10 +63,6 @@ class Affine:
         if self.scale.shape != self.shift.shape or self.scale.ndim != 1:
             raise ValueError(f"scale {self.scale.shape} and shift {self.shift.shape} must be (C,)")
 
-    @property
-    def channels(self) -> int:
-        return int(self.scale.shape[0])
-
     @classmethod
     def identity(cls, channels: int) -> Affine:
         return cls(np.ones(channels), np.zeros(channels))
@@ -74,12 +70,6 @@ class Affine:
     def then(self, other: Affine) -> Affine:
         """The map ``other(self(x))``."""
         return Affine(other.scale * self.scale, other.scale * self.shift + other.shift)
-
-    def repeat(self, block: int) -> Affine:
-        """Each channel repeated ``block`` times (channel c covers features c*block...)."""
-        if block == 1:
-            return self
-        return Affine(np.repeat(self.scale, block), np.repeat(self.shift, block))
 
     @property
     def has_shift(self) -> bool:
@@ -125,7 +115,7 @@ def _chunks(
     if layout is WeightLayout.GROUPED_AXIS1:
         if groups < 1 or w.shape[0] % groups:
             raise ValueError(f"weight dim 0 ({w.shape[0]}) not divisible by group={groups}")
-        src = w.reshape(_grouped_shape(w.shape, layout, groups))
+        src: np.ndarray = w.reshape(_grouped_shape(w.shape, layout, groups))
         s = scale.reshape(groups, 1, w.shape[1], *([1] * (w.ndim - 2)))
         row = int(np.prod(src.shape[2:])) * groups * 8
         step = max(1, _CHUNK_BYTES // max(1, row))
@@ -355,7 +345,9 @@ def _output_sums(
         acc += sq.reshape(sq.shape[0], sq.shape[1], -1).sum(axis=(0, 2))
 
 
-def _output_shape(shape: tuple[int, ...], layout: WeightLayout, groups: int, scales_outputs: bool):
+def _output_shape(
+    shape: tuple[int, ...], layout: WeightLayout, groups: int, scales_outputs: bool
+) -> tuple[int, ...]:
     if layout is WeightLayout.GROUPED_AXIS1:
         return (groups, shape[1]) if scales_outputs else (groups, shape[0] // groups)
     rows_are_outputs = (layout is WeightLayout.AXIS0) == scales_outputs

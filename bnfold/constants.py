@@ -249,9 +249,8 @@ def _run_single(node: ir.Node, names: list[str], feeds: dict[str, np.ndarray]) -
         opset = graph.opset_imports.get("", graph.opset_imports.get("ai.onnx"))
     if opset is None:
         opset = onnx.defs.onnx_opset_version()
-    proto = onnx.helper.make_node(
-        node.op_type, names, ["out"], **{k: _attr_value(a) for k, a in node.attributes.items()}
-    )
+    proto = onnx.helper.make_node(node.op_type, names, ["out"])
+    proto.attribute.extend(ir.serde.serialize_attribute(a) for a in node.attributes.values())
     inputs = [
         onnx.helper.make_tensor_value_info(
             n, onnx.helper.np_dtype_to_tensor_dtype(feeds[n].dtype), None
@@ -269,9 +268,3 @@ def _run_single(node: ir.Node, names: list[str], feeds: dict[str, np.ndarray]) -
     except Exception:
         return None
     return np.asarray(out)
-
-
-def _attr_value(attr: ir.Attr):
-    if attr.type == ir.AttributeType.TENSOR:
-        return ir.serde.serialize_tensor(attr.as_tensor())
-    return attr.value

@@ -10,6 +10,7 @@ and that a function body does not grow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
@@ -227,7 +228,9 @@ def _remove(edit: Remove, ctx: FoldContext) -> None:
             keep.shape = shape
 
 
-def _replace(edit: ReplaceNode, operand, ctx: FoldContext) -> ir.Node:
+def _replace(
+    edit: ReplaceNode, operand: Callable[[Operand, ir.Node], ir.Value | None], ctx: FoldContext
+) -> ir.Node:
     old = edit.node
     graph = old.graph
     assert graph is not None

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+# What an error message names: a file path, another label ("<bytes>"), or nothing
+PathLabel = str | os.PathLike | None
+
 
 class BnfoldError(Exception):
     """Base class. ``exit_code`` is what the CLI exits with; ``cli_message``, when set, is the
@@ -18,7 +21,7 @@ class BadInputError(BnfoldError):
 
     exit_code = 2
 
-    def __init__(self, path: str | os.PathLike | None, problem: str) -> None:
+    def __init__(self, path: PathLabel, problem: str) -> None:
         self.path = None if path is None else os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)

@@ -10,6 +10,7 @@ model whose weights are all folded therefore holds about one chunk in memory, no
 from __future__ import annotations
 
 import sys
+from typing import BinaryIO
 
 import numpy as np
 import onnx_ir as ir
@@ -45,7 +46,7 @@ class FoldedWeight(ir.LazyTensor):
     def _compute(self) -> ir.TensorProtocol:
         return ir.tensor(scale_weight(self._source, self._scale, self._layout, self._groups))
 
-    def tofile(self, file) -> None:
+    def tofile(self, file: BinaryIO) -> None:
         """Write the little-endian bytes block by block (whole only when the layout needs it)."""
         blocks = None
         if sys.byteorder == "little":
@@ -54,4 +55,4 @@ class FoldedWeight(ir.LazyTensor):
             super().tofile(file)
             return
         for block in blocks:
-            file.write(block.reshape(-1).view(np.uint8))
+            file.write(block.reshape(-1).view(np.uint8).data)

@@ -16,11 +16,13 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from bnfold import atomic
 from bnfold.errors import BadInputError
@@ -92,7 +94,10 @@ def check_unique_definitions(
 
 
 def _check_nodes(
-    nodes, where: str, label: str | os.PathLike | None, stack: list[tuple[onnx.GraphProto, str]]
+    nodes: Iterable[onnx.NodeProto],
+    where: str,
+    label: str | os.PathLike | None,
+    stack: list[tuple[onnx.GraphProto, str]],
 ) -> None:
     for node in nodes:
         names = [attr.name for attr in node.attribute]
@@ -110,7 +115,7 @@ def _check_nodes(
 def check_text(proto: onnx.ModelProto, label: str | os.PathLike | None = None) -> None:
     """Refuse string fields that are not valid UTF-8 (protobuf hands them over as bytes; names
     must print, go into JSON and serialize again). Tensor data is not looked at."""
-    stack: list[tuple[object, str]] = [(proto, "model")]
+    stack: list[tuple[Message, str]] = [(proto, "model")]
     while stack:
         message, where = stack.pop()
         if isinstance(message, onnx.TensorProto):
@@ -121,7 +126,7 @@ def check_text(proto: onnx.ModelProto, label: str | os.PathLike | None = None) -
                 if isinstance(value, bytes):
                     raise BadInputError(label, f"{where}.{name} is not valid UTF-8 text")
             continue
-        for field, value in message.ListFields():  # type: ignore[attr-defined]
+        for field, value in message.ListFields():
             path = f"{where}.{field.name}"
             repeated = _is_repeated(field)
             if field.type == field.TYPE_MESSAGE:
@@ -137,9 +142,12 @@ def check_text(proto: onnx.ModelProto, label: str | os.PathLike | None = None) -
                         )
 
 
-def _is_repeated(field) -> bool:
+_LABEL_REPEATED = 3  # FieldDescriptor.LABEL_REPEATED, gone from protobuf 7's stubs
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
     flag = getattr(field, "is_repeated", None)  # protobuf >= 5.28; older ones have label
-    return bool(flag) if flag is not None else field.label == field.LABEL_REPEATED
+    return bool(flag) if flag is not None else getattr(field, "label", None) == _LABEL_REPEATED
 
 
 def validate_model(model: ir.Model, path: str | os.PathLike | None = None) -> None:
@@ -306,10 +314,31 @@ def _field(number: int, length: int) -> bytes:
     return _varint(number << 3 | 2) + _varint(length)
 
 
-def _streamable(tensor: ir.TensorProtocol | None) -> bool:
-    if tensor is None or tensor.dtype == ir.DataType.STRING:
+def _streamable(tensor: ir.TensorProtocol) -> bool:
+    if tensor.dtype == ir.DataType.STRING:
         return False
     return isinstance(tensor, ir.ExternalTensor) or tensor.nbytes >= _STREAM_MIN_BYTES
+
+
+def _with_tensor(
+    values: Iterable[ir.Value], keep: Callable[[ir.TensorProtocol], bool]
+) -> list[tuple[ir.Value, ir.TensorProtocol]]:
+    """(value, its tensor) for each value holding a tensor that ``keep`` accepts."""
+    out = []
+    for value in values:
+        tensor = value.const_value
+        if tensor is not None and keep(tensor):
+            out.append((value, tensor))
+    return out
+
+
+def _shape(tensor: ir.TensorProtocol) -> ir.Shape:
+    shape = tensor.shape
+    return shape if isinstance(shape, ir.Shape) else ir.Shape(shape.numpy())
+
+
+def _returning(tensor: ir.TensorProtocol) -> Callable[[], ir.TensorProtocol]:
+    return lambda: tensor
 
 
 def write_inline(model: ir.Model, path: Path) -> int:
@@ -324,34 +353,29 @@ def write_inline(model: ir.Model, path: Path) -> int:
     order; ``onnx.load`` reads back the same model as ``ir.to_proto`` gives. Raises
     BadInputError if the result would exceed protobuf's 2 GiB limit.
     """
-    values = [v for v in model.graph.initializers.values() if _streamable(v.const_value)]
-    originals = [v.const_value for v in values]
+    streamed = _with_tensor(model.graph.initializers.values(), _streamable)
+    originals = [tensor for _, tensor in streamed]
     # subgraph initializers are serialized inside their nodes: an external one is read in
     # (through a lazy wrapper), or the file would point at the input's data file
-    inner = [
-        v
-        for g in model.graphs()
-        if g is not model.graph
-        for v in g.initializers.values()
-        if isinstance(v.const_value, ir.ExternalTensor)
-    ]
-    swapped = [(v, v.const_value) for v in (*values, *inner)]
+    inner = _with_tensor(
+        (v for g in model.graphs() if g is not model.graph for v in g.initializers.values()),
+        lambda t: isinstance(t, ir.ExternalTensor),
+    )
     try:
-        for i, (value, tensor) in enumerate(zip(values, originals, strict=True)):
+        for i, (value, tensor) in enumerate(streamed):
             value.const_value = ir.ExternalTensor(
                 _STREAM_LOCATION, i, tensor.nbytes, tensor.dtype,
-                shape=tensor.shape, name=tensor.name or value.name,
+                shape=_shape(tensor), name=tensor.name or value.name or "",
                 doc_string=tensor.doc_string, metadata_props=dict(tensor.metadata_props),
             )  # fmt: skip
-        for value in inner:
-            t = value.const_value
+        for value, t in inner:
             value.const_value = ir.LazyTensor(
-                lambda t=t: t, t.dtype, t.shape,
+                _returning(t), t.dtype, _shape(t),
                 name=t.name, doc_string=t.doc_string, metadata_props=dict(t.metadata_props),
             )  # fmt: skip
         proto = ir.to_proto(model)
     finally:
-        for value, tensor in swapped:
+        for value, tensor in (*streamed, *inner):
             value.const_value = tensor
     parts: list[tuple[bytes, ir.TensorProtocol | None, int]] = []  # (bytes, tensor to stream, n)
     for tp in proto.graph.initializer:
@@ -382,18 +406,18 @@ def write_inline(model: ir.Model, path: Path) -> int:
     with open(path, "wb") as f:
         f.write(head)
         f.write(graph_rest)
-        for data_head, tensor, n in parts:
+        for data_head, streaming, n in parts:
             f.write(data_head)
-            if tensor is None:
+            if streaming is None:
                 continue
             start = f.tell()
-            if hasattr(tensor, "tofile"):
-                tensor.tofile(f)
+            if hasattr(streaming, "tofile"):
+                streaming.tofile(f)
             else:
-                f.write(tensor.tobytes())
+                f.write(streaming.tobytes())
             if f.tell() - start != n:
                 raise RuntimeError(
-                    f"tensor {tensor.name!r} wrote {f.tell() - start} bytes, expected {n}"
+                    f"tensor {streaming.name!r} wrote {f.tell() - start} bytes, expected {n}"
                 )
     return total
 

@@ -13,7 +13,7 @@ import numpy as np
 
 try:
     from numpy.lib.array_utils import byte_bounds
-except ImportError:  # numpy < 2
+except ImportError:  # pragma: no cover (numpy < 2)
     from numpy import byte_bounds  # type: ignore[attr-defined,no-redef]
 
 # Elements per block when scanning a weight (small enough to stay in a CPU cache).

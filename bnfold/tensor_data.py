@@ -27,7 +27,7 @@ from pathlib import Path, PurePath
 import onnx
 import onnx_ir as ir
 
-from bnfold.errors import BadInputError
+from bnfold.errors import BadInputError, PathLabel
 
 _COMPLEX = {ir.DataType.COMPLEX64, ir.DataType.COMPLEX128}
 
@@ -76,7 +76,7 @@ def _label(tensor: ir.TensorProtocol) -> str:
     return f"tensor '{tensor.name}'" if tensor.name else "an unnamed tensor"
 
 
-def _check_shape(tensor: ir.TensorProtocol, path) -> None:
+def _check_shape(tensor: ir.TensorProtocol, path: PathLabel) -> None:
     """Dims not negative, and a data type whose size is known (STRING is counted instead)."""
     dims = [d for d in tensor.shape if isinstance(d, int)]
     if any(d < 0 for d in dims):
@@ -100,7 +100,7 @@ def _declared_bytes(tensor: ir.TensorProtocol) -> int:
     return math.ceil(tensor.dtype.itemsize * _count(tensor))
 
 
-def _check_external(tensor: ir.ExternalTensor, path, sizes: dict[str, int]) -> None:
+def _check_external(tensor: ir.ExternalTensor, path: PathLabel, sizes: dict[str, int]) -> None:
     _check_shape(tensor, path)
     location = os.fspath(tensor.location)
     what = f"{_label(tensor)}: external data location {location!r}"
@@ -161,7 +161,7 @@ _TYPED_FIELDS: dict[int, str] = {
 }
 
 
-def _check_inline(proto: onnx.TensorProto, path) -> None:
+def _check_inline(proto: onnx.TensorProto, path: PathLabel) -> None:
     tensor = ir.TensorProtoTensor(proto)
     _check_shape(tensor, path)
     try:
@@ -190,7 +190,7 @@ def _check_inline(proto: onnx.TensorProto, path) -> None:
         )
 
 
-def _check_strings(tensor: ir.StringTensor, path) -> None:
+def _check_strings(tensor: ir.StringTensor, path: PathLabel) -> None:
     _check_shape(tensor, path)
     count, have = _count(tensor), len(tensor.raw)
     if have != count:

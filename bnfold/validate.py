@@ -59,7 +59,7 @@ from collections.abc import Iterator, Sequence
 import onnx
 import onnx_ir as ir
 
-from bnfold.errors import BadInputError
+from bnfold.errors import BadInputError, PathLabel
 
 _BN_PARAMS = ("scale", "B", "mean", "var")
 _MAX_IDENTITY_CHAIN = 64
@@ -123,7 +123,7 @@ def _node_text(node: ir.Node) -> str:
     return f"{node.op_type} node '{node.name}'" if node.name else f"unnamed {node.op_type} node"
 
 
-def _check_opsets(imports: dict[str, int], what: str, path) -> None:
+def _check_opsets(imports: dict[str, int], what: str, path: PathLabel) -> None:
     for domain in ("", "ai.onnx"):
         version = imports.get(domain)
         if version is not None and not 1 <= version <= onnx.defs.onnx_opset_version():
@@ -134,7 +134,7 @@ def _check_opsets(imports: dict[str, int], what: str, path) -> None:
             )
 
 
-def _check_types(graph: ir.Graph, where: str, path) -> None:
+def _check_types(graph: ir.Graph, where: str, path: PathLabel) -> None:
     values = [*graph.inputs, *graph.outputs, *(v for n in graph for v in n.outputs)]
     for value in values:
         kind = value.type
@@ -146,7 +146,7 @@ def _check_types(graph: ir.Graph, where: str, path) -> None:
             )
 
 
-def _check_names(graph: ir.Graph, where: str, path) -> None:
+def _check_names(graph: ir.Graph, where: str, path: PathLabel) -> None:
     seen: dict[str, ir.Value] = {}
 
     def define(value: ir.Value, by: str) -> None:
@@ -174,7 +174,7 @@ def _defined_in(value: ir.Value, chain: Sequence[ir.Graph]) -> bool:
     return False
 
 
-def _check_defined(graph: ir.Graph, chain: Sequence[ir.Graph], where: str, path) -> None:
+def _check_defined(graph: ir.Graph, chain: Sequence[ir.Graph], where: str, path: PathLabel) -> None:
     for node in graph:
         for value in node.inputs:
             if value is not None and not _defined_in(value, chain):
@@ -201,7 +201,7 @@ def _outer_reads(node: ir.Node) -> Iterator[ir.Value]:
         yield from sub.outputs
 
 
-def _check_acyclic(graph: ir.Graph, where: str, path) -> None:
+def _check_acyclic(graph: ir.Graph, where: str, path: PathLabel) -> None:
     nodes = list(graph)
     index = {id(n): i for i, n in enumerate(nodes)}
     users: list[set[int]] = [set() for _ in nodes]
@@ -252,7 +252,7 @@ _CONSTANT_VALUES = frozenset(
 )  # fmt: skip
 
 
-def _check_node(node: ir.Node, where: str, path) -> None:
+def _check_node(node: ir.Node, where: str, path: PathLabel) -> None:
     """What any node needs, whatever its domain: an operator name, typed attributes."""
     if not node.op_type:
         raise BadInputError(path, f"{where}a node named '{node.name}' has no operator type")
@@ -261,7 +261,7 @@ def _check_node(node: ir.Node, where: str, path) -> None:
             raise BadInputError(path, f"{where}{_node_text(node)}: attribute '{name}' has no type")
 
 
-def _check_schema(node: ir.Node, opset: int, where: str, path) -> None:
+def _check_schema(node: ir.Node, opset: int, where: str, path: PathLabel) -> None:
     schema = _schema(node.op_type, opset)
     label = f"{where}{_node_text(node)}"
     if schema is None:
@@ -403,7 +403,7 @@ def _conv_channels(node: ir.Node, main_inputs: set[int]) -> int | None:
     return per_group * groups if per_group is not None and groups > 0 else None
 
 
-def _check_conv_bias(node: ir.Node, main_inputs: set[int], where: str, path) -> None:
+def _check_conv_bias(node: ir.Node, main_inputs: set[int], where: str, path: PathLabel) -> None:
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     shape = _declared_shape(bias, main_inputs)
     if shape is None:
@@ -422,7 +422,7 @@ def _attr_int(node: ir.Node, name: str, default: int) -> int:
     return default if attr is None else int(attr.as_int())
 
 
-def _check_matmul(node: ir.Node, main_inputs: set[int], where: str, path) -> None:
+def _check_matmul(node: ir.Node, main_inputs: set[int], where: str, path: PathLabel) -> None:
     a, b = (_declared_shape(v, main_inputs) for v in node.inputs[:2])
     label = f"{where}{_node_text(node)}"
     if node.op_type == "Gemm":
@@ -462,7 +462,9 @@ def _rank(value: ir.Value | None, main_inputs: set[int]) -> int | None:
     return max(0, max(ra, rb) - (ra == 1) - (rb == 1))  # a vector operand loses its axis
 
 
-def _check_batchnorm(node: ir.Node, opset: int, main_inputs: set[int], where: str, path) -> None:
+def _check_batchnorm(
+    node: ir.Node, opset: int, main_inputs: set[int], where: str, path: PathLabel
+) -> None:
     name = node.name or (node.outputs[0].name if node.outputs else "")
     label = f"{where}BatchNormalization '{name}'"
     if opset < 6:

@@ -7,6 +7,7 @@ bias from :mod:`bnfold.arithmetic` go into a plain layer, which must match ``bn(
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -16,8 +17,10 @@ from bnfold.arithmetic import (
     WeightLayout,
     batchnorm_affine,
     fold_bias,
+    input_shift,
     range_problem,
     scale_weight,
+    scaled_weight_blocks,
     scaled_weight_problem,
 )
 
@@ -93,8 +96,8 @@ CONV_T_CASES = [
     (2, 4, 6, 1),
     (2, 6, 4, 2),
     (2, 6, 9, 3),
-    (2, 4, 4, 4),  # depthwise
-    (3, 4, 6, 2),
+    (2, 4, 4, 4),  # depthwise: Cout/group = 1, where torch's fuse_conv_bn_weights(transpose=True)
+    (3, 4, 6, 2),  # broadcasts the scale to a weight of the wrong shape (torch 2.13)
 ]
 
 
@@ -170,35 +173,6 @@ def test_torch_fuse_conv_bn_weights_is_wrong_for_grouped_conv_transpose(torch, r
         folded1.weight.copy_(w_t)
         folded1.bias.copy_(b_t)
         np.testing.assert_allclose(_np(folded1(x1)), _np(bn1(conv1(x1))), rtol=1e-10, atol=1e-10)
-
-
-def test_torch_fuse_conv_bn_weights_grouped_conv_transpose_when_shapes_broadcast(torch, rng):
-    """Cout/group == 1 (so Cout == group): torch's reshape broadcasts silently and every input
-    channel slice is scaled by the whole vector: a wrong model, not an error."""
-    from torch.nn.utils.fusion import fuse_conv_bn_weights
-
-    conv, bn, x, folded = _conv_transpose_pair(torch, rng, 2, 4, 4, 4, False)
-    with torch.no_grad():
-        expected = bn(conv(x))
-    try:
-        w_t, b_t = fuse_conv_bn_weights(
-            conv.weight,
-            None,
-            bn.running_mean,
-            bn.running_var,
-            bn.eps,
-            bn.weight,
-            bn.bias,
-            transpose=True,
-        )
-    except RuntimeError:
-        return  # refused loudly: still not a correct fold
-    if w_t.shape != conv.weight.shape:
-        return  # broadcast to a wrong shape
-    with torch.no_grad():
-        folded.weight.copy_(w_t)
-        folded.bias.copy_(b_t)
-        assert not torch.allclose(folded(x), expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -282,8 +256,43 @@ def test_scale_weight_chunked_equals_whole_and_leaves_input(
 
 
 def test_scale_weight_rejects_wrong_channel_count():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"scale has shape \(3,\), weight has 4 channels"):
         scale_weight(np.ones((4, 2, 3, 3), np.float32), np.ones(3), WeightLayout.AXIS0)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: scale_weight(np.ones((2, 3, 4)), np.ones(3), WeightLayout.AXIS1),
+         r"AXIS1 scales a 2-D weight, not one of shape \(2, 3, 4\)"),
+        (lambda: scale_weight(np.ones((4, 2, 3, 3)), np.ones(6), WeightLayout.GROUPED_AXIS1, 3),
+         r"weight dim 0 \(4\) not divisible by group=3"),
+        (lambda: scaled_weight_blocks(np.ones((4, 2)), np.ones(3), WeightLayout.AXIS0),
+         r"scale has shape \(3,\), weight has shape \(4, 2\)"),
+        (lambda: input_shift(np.ones((4, 2)), np.ones(3), WeightLayout.AXIS0),
+         r"shift has shape \(3,\), weight has shape \(4, 2\)"),
+        (lambda: input_shift(np.ones((4, 2, 1)), np.ones(4), WeightLayout.AXIS0),
+         r"AXIS0 input shift needs a 2-D weight, not \(4, 2, 1\)"),
+        (lambda: input_shift(np.ones((4, 2, 1, 1)), np.ones(6), WeightLayout.GROUPED_AXIS1, 3),
+         r"weight dim 0 \(4\) not divisible by group=3"),
+    ],
+    ids=["axis1-rank3", "groups", "blocks-scale", "shift-size", "shift-rank", "shift-groups"],
+)  # fmt: skip
+def test_weights_of_the_wrong_shape_raise(call, message):
+    """The arithmetic checks its inputs (the folds check them first and refuse)."""
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_scaled_weight_blocks_are_the_scaled_weight(rng):
+    w = rng.normal(0, 1, (6, 4, 3, 3)).astype(np.float32)
+    s = rng.uniform(0.5, 2.0, 6)
+    blocks = scaled_weight_blocks(w, s, WeightLayout.AXIS0)
+    assert blocks is not None
+    flat = np.concatenate([b.reshape(-1).copy() for b in blocks])
+    np.testing.assert_array_equal(flat, scale_weight(w, s, WeightLayout.AXIS0).reshape(-1))
+    # a grouped weight's chunks are not consecutive in memory: no blocks
+    assert scaled_weight_blocks(w, np.ones(12), WeightLayout.GROUPED_AXIS1, 3) is None
 
 
 def test_fp16_folded_in_float64_beats_folding_in_fp16(rng):
@@ -350,7 +359,7 @@ def test_a_channel_wholly_below_the_smallest_normal_is_refused(dtype):
     """Scaled by s = 1e-4 (fp16) every weight of channel 1 is below 6.1e-5: its relative
     rounding error is several unit roundoffs, and the fold is refused, naming the figure."""
     if dtype == "bfloat16":
-        dtype = pytest.importorskip("ml_dtypes").bfloat16
+        dtype = ml_dtypes.bfloat16
     rng = np.random.default_rng(1)
     w = rng.normal(0, 0.1, (4, 8, 3, 3)).astype(dtype)
     tiny = 1e-4 if np.dtype(dtype) == np.float16 else 1e-39
@@ -368,6 +377,22 @@ def test_forward_scaling_is_judged_per_output_channel():
     scale = np.array([1.0, 1.0, 1e-5, 1.0, 1.0, 1.0])
     assert scaled_weight_problem(w, scale, WeightLayout.AXIS0, scales_outputs=False) is None
     assert scaled_weight_problem(w, scale, WeightLayout.AXIS0).lossy_channels == 1
+
+
+def test_forward_scaling_of_a_grouped_conv_is_judged_per_output_channel():
+    """A Conv's input channels scaled (forward fold, GROUPED_AXIS1, scales_outputs=False):
+    output channel o mixes the Cin/g inputs of its group; one input scaled to subnormals
+    spoils no output channel, all of a group's inputs scaled down spoil that group's outputs."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.1, (4, 3, 3, 3)).astype(np.float16)  # group 2: 2 outputs per group
+    one = np.ones(6)
+    one[1] = 1e-5
+    assert (
+        scaled_weight_problem(w, one, WeightLayout.GROUPED_AXIS1, 2, scales_outputs=False) is None
+    )
+    group = np.array([1e-5, 1e-5, 1e-5, 1.0, 1.0, 1.0])
+    problem = scaled_weight_problem(w, group, WeightLayout.GROUPED_AXIS1, 2, scales_outputs=False)
+    assert problem is not None and problem.lossy_channels == 2 and problem.overflow == 0
 
 
 def test_scaled_weight_problem_fp32_and_fp64():
@@ -398,7 +423,6 @@ def test_range_problem_bias():
 
 
 def test_bfloat16_weights():
-    ml_dtypes = pytest.importorskip("ml_dtypes")
     bf16 = np.dtype(ml_dtypes.bfloat16)
     w = np.array([[1.5, -2.0], [3.0, 0.25]], dtype=bf16)
     out = scale_weight(w, np.array([2.0, 0.5]), WeightLayout.AXIS0)

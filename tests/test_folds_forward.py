@@ -65,7 +65,9 @@ def test_bn_into_gemm(rng, trans_b, alpha, beta, c_shape):
     assert op_types(folded) == ["Gemm"]
     assert result.report.folded[0].fold == "bn+gemm"
     assert _directions(result) == ["forward"]
-    assert result.report.folded[0].details["scale_spread"] >= 1.0
+    s = np.abs(p["gamma"].astype(np.float64) / np.sqrt(p["var"].astype(np.float64) + 1e-5))
+    spread = result.report.folded[0].details["scale_spread"]
+    assert spread == pytest.approx(s.max() / np.median(s), rel=1e-12)
 
 
 def test_bn_into_gemm_trans_a_refused(rng):
@@ -261,6 +263,29 @@ def test_bn_maxpool_flatten_gemm_head(rng):
     assert op_types(folded) == ["MaxPool", "Flatten", "Gemm"]
 
 
+@pytest.mark.parametrize(
+    "pool",
+    ["GlobalMaxPool (b)", "GlobalAveragePool (b)", "AveragePool <kernel_shape=[3,3]> (b)"],
+)
+def test_bn_global_pool_flatten_gemm(rng, pool):
+    """Pooling without padding commutes with a per-channel s >= 0 and any shift."""
+    features = 4 * (16 if pool.startswith("AveragePool") else 1)
+    p = {"W": _w(rng, features, 3), **_positive(bn_stats(rng, 4))}
+    model = make_model(
+        f"""{HEADER}
+        g (float[2,4,6,6] x) => (float[2,3] y) {{
+          b = BatchNormalization (x, gamma, beta, mean, var)
+          m = {pool}
+          f = Flatten (m)
+          y = MatMul (f, W)
+        }}""",
+        p,
+    )
+    folded, result = check_fold(model, {"x": _x(rng, 2, 4, 6, 6)}, expect_folded=1)
+    assert op_types(folded) == [pool.split()[0], "Flatten", "Gemm"]
+    assert [(f.fold, f.direction) for f in result.report.folded] == [("bn+matmul", "forward")]
+
+
 def test_maxpool_with_negative_scale_refused(rng):
     p = {"W": _w(rng, 7, 4 * 3 * 3), **bn_stats(rng, 4)}
     p["gamma"][1] = -1.0
@@ -383,6 +408,52 @@ def test_conv_squeeze_unsqueeze_bn_backward(rng, body, out_shape):
     folded, result = check_fold(model, {"x": _x(rng, 2, 3, 9)}, expect_folded=1)
     assert "BatchNormalization" not in op_types(folded)
     assert _directions(result) == ["backward"]
+
+
+@pytest.mark.parametrize(
+    ("opset", "path"),
+    [
+        (11, "u = Unsqueeze <axes=[2]> (b)\n s = Squeeze <axes=[2]> (u)"),
+        (17, "u = Unsqueeze (b, two)\n s = Squeeze (u)"),
+    ],
+    ids=["axes-attributes", "axes-input-and-none"],
+)
+def test_bn_unsqueeze_squeeze_matmul(rng, opset, path):
+    """Forward through Unsqueeze and Squeeze (axes as attributes before opset 13, as an input
+    from 13, or none: every static dim of 1)."""
+    p = {"W": _w(rng, 4, 5), "two": np.array([2], np.int64), **bn_stats(rng, 4)}
+    model = make_model(
+        f"""<ir_version: 8, opset_import: ["" : {opset}]>
+        g (float[3,4] x) => (float[3,5] y) {{
+          b = BatchNormalization (x, gamma, beta, mean, var)
+          {path}
+          y = MatMul (s, W)
+        }}""",
+        p,
+    )
+    folded, result = check_fold(model, {"x": _x(rng, 3, 4)}, expect_folded=1)
+    assert op_types(folded) == ["Unsqueeze", "Squeeze", "Gemm"]
+    assert _directions(result) == ["forward"]
+
+
+@pytest.mark.parametrize("target", [(2, -1), (0, -1)], ids=["2,-1", "0,-1"])
+def test_reshape_to_a_computed_shape(rng, target):
+    """A Reshape whose target is computed (Concat of constants: onnx's inference gives the
+    output no dims) is followed with the target bnfold evaluates (0 copies a dim, -1 the rest)."""
+    p = {"W": _w(rng, 36, 5), "t0": np.array(target[:1], np.int64),
+         "t1": np.array(target[1:], np.int64), **bn_stats(rng, 4)}  # fmt: skip
+    model = make_model(
+        f"""{HEADER}
+        g (float[2,4,3,3] x) => (float[2,5] y) {{
+          b = BatchNormalization (x, gamma, beta, mean, var)
+          t = Concat <axis=0> (t0, t1)
+          r = Reshape (b, t)
+          y = MatMul (r, W)
+        }}""",
+        p,
+    )
+    folded, result = check_fold(model, {"x": _x(rng, 2, 4, 3, 3)}, expect_folded=1)
+    assert op_types(folded) == ["Concat", "Reshape", "Gemm"]
 
 
 def test_unsqueeze_of_the_channel_axis_refused(rng):

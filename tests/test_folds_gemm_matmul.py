@@ -44,9 +44,31 @@ def test_gemm_bn(rng, trans_b, alpha, beta, c_shape):
     gemm = folded.graph.node[0]
     attrs = {a.name: a for a in gemm.attribute}
     assert attrs["transB"].i == trans_b
-    assert "alpha" not in attrs or attrs["alpha"].f == 1.0
-    assert "beta" not in attrs or attrs["beta"].f == 1.0
+    # alpha went into the new B, beta into the new C (every BN here has a shift)
+    assert attrs["alpha"].f == 1.0 and attrs["beta"].f == 1.0
     assert result.report.folded[0].fold == "gemm+bn"
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_with_trans_a_folds_backward(rng, trans_b):
+    """transA=1 transposes A only: the output features are still B's, so the BN folds into B
+    and C as for transA=0 (only the forward fold needs transA=0)."""
+    b_shape = (M, K) if trans_b else (K, M)
+    p = {"B": rng.normal(0, 0.5, b_shape).astype(np.float32),
+         "C": rng.normal(0, 1, M).astype(np.float32), **bn_stats(rng, M)}  # fmt: skip
+    model = make_model(
+        f"""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[{K},{N}] a) => (float[{N},{M}] y) {{
+          z = Gemm <transA=1, transB={trans_b}, alpha=0.75, beta=1.5> (a, B, C)
+          y = BatchNormalization (z, gamma, beta, mean, var)
+        }}""",
+        p,
+    )
+    folded, result = check_fold(model, {"a": rng.normal(0, 1, (K, N)).astype(np.float32)})
+    assert op_types(folded) == ["Gemm"]
+    attrs = {a.name: a for a in folded.graph.node[0].attribute}
+    assert (attrs["transA"].i, attrs["transB"].i) == (1, trans_b)
+    assert [(f.fold, f.direction) for f in result.report.folded] == [("gemm+bn", "backward")]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float16])
@@ -185,8 +207,6 @@ def test_matmul_reshape_transpose_bn_folds(rng, body, y_shape):
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        # (N, M) -> (N, 1, M): channel axis 1 is a size-1 axis from the batch side
-        ("r = Reshape (z, s)\n y = BatchNormalization (r, g1, b1, m1, v1)", "not keep the BN"),
         # (N, M) -> (M, N): channel axis is the batch
         ("t = Transpose (z)\n y = BatchNormalization (t, gN, bN, mN, vN)", "maps to axis 0"),
     ],
@@ -199,6 +219,23 @@ def test_matmul_reshape_transpose_bn_refused(rng, body, reason):
     result = bnfold.fold(model.SerializeToString())
     assert not result.report.folded
     assert reason in reasons(result), reasons(result)
+
+
+def test_matmul_reshape_to_one_channel_folds(rng):
+    """(N, M) -> (N, 1, M) -> BN with one channel: every element is channel 0, so the BN is one
+    scalar map of the MatMul's outputs and folds into it. (Refused until the property tests
+    found it: the channel map wanted the channel to vary along exactly one axis.)"""
+    extra = {"s": np.array([N, 1, M], np.int64)}
+    extra.update({f"{k[0]}1": v for k, v in bn_stats(rng, 1).items()})
+    model, feeds = matmul_model(
+        rng,
+        "z = MatMul (a, W)\n r = Reshape (z, s)\n y = BatchNormalization (r, g1, b1, m1, v1)",
+        y_shape=f"[{N},1,{M}]",
+        extra=extra,
+    )
+    folded, result = check_fold(model, feeds, expect_folded=1)
+    assert op_types(folded) == ["Gemm", "Reshape"]
+    assert result.report.folded[0].fold == "matmul+bn"
 
 
 def test_matmul_reshape_channel_blocks_fold(rng):
@@ -254,4 +291,4 @@ def test_matmul_reshape_with_second_consumer_refused(rng):
     )
     result = bnfold.fold(model.SerializeToString())
     assert not result.report.folded
-    assert "also feeds" in reasons(result) or "graph output" in reasons(result)
+    assert "the MatMul output 'z' also feeds 1 other node(s)" in reasons(result), reasons(result)

@@ -12,12 +12,12 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 from onnx_helpers import bn_stats
+from onnxconverter_common import float16
 
 import bnfold
 from bnfold.verify import CheckOptions, check_models
 from bnfold.verify.precision import compute_precision
 
-float16 = pytest.importorskip("onnxconverter_common.float16")
 ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
 
 

@@ -244,3 +244,45 @@ def test_reading_mapped_weights_releases_their_pages(tmp_path):
         del mapped
     finally:
         mm.close()
+
+
+def test_writable_and_empty_memory_is_never_released():
+    """MADV_DONTNEED on anonymous or writable memory zeroes it: only read-only file maps are
+    released; views of writable maps, empty arrays and non-contiguous scans keep their data."""
+    from bnfold.pages import max_abs
+
+    w = np.random.default_rng(2).standard_normal(4096).astype(np.float32)
+    anon = mmap.mmap(-1, w.nbytes)  # anonymous, writable
+    try:
+        view = np.frombuffer(anon, dtype=np.float32)
+        view[:] = w
+        release_pages(view)
+        np.testing.assert_array_equal(view, w)
+        release_pages(view[:0])
+        del view
+    finally:
+        anon.close()
+    strided = w.reshape(64, 64)[:, ::2]
+    assert max_abs(strided) == float(np.max(np.abs(strided)))
+
+
+@pytest.mark.parametrize(
+    ("layout", "groups", "shape"),
+    [(WeightLayout.AXIS0, 1, (6, 4, 3, 3)), (WeightLayout.GROUPED_AXIS1, 2, (4, 3, 3, 3))],
+    ids=["streamed", "grouped-whole"],
+)
+def test_folded_weight_writes_and_computes_the_scaled_weight(tmp_path, layout, groups, shape):
+    """A FoldedWeight's bytes, written block by block (or whole where the layout's chunks are
+    not consecutive: a grouped ConvTranspose), and its numpy(), are scale_weight's."""
+    from bnfold.folded_weight import FoldedWeight
+
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal(shape).astype(np.float32)
+    channels = shape[0] if layout is WeightLayout.AXIS0 else shape[1] * groups
+    s = rng.uniform(0.5, 2.0, channels)
+    expected = scale_weight(w, s, layout, groups)
+    tensor = FoldedWeight(w, s, layout, groups, name="w")
+    with open(tmp_path / "w.bin", "wb") as f:
+        tensor.tofile(f)
+    assert (tmp_path / "w.bin").read_bytes() == expected.tobytes()
+    np.testing.assert_array_equal(tensor.numpy(), expected)

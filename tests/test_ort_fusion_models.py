@@ -36,7 +36,8 @@ FOLDED = {
 REFUSED = {
     "fuse-matmul-bn-directly-dont-fuse.onnx": "BN normalises axis 1 but the MatMul features are "
     "on the last axis (output rank 3)",
-    "fuse-matmul-bn-only-reshape.onnx": "does not keep the BN channel axis whole",
+    "fuse-matmul-bn-only-reshape.onnx": "the BN has 5 channels, but a single one reaches the "
+    "MatMul",
     "fuse-matmul-bn-only-transpose.onnx": "the BN channel axis maps to axis 0 of the MatMul output",
 }
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx
-from onnx_helpers import bn_stats, fold_bytes, make_model, reasons
+import pytest
+from onnx_helpers import bn_stats, check_fold, fold_bytes, make_model, reasons
 
 import bnfold
 
@@ -214,7 +216,6 @@ def test_bfloat16_weight_is_rounded_once():
     above a bfloat16 midpoint landed on it in float32 and then tied to even, downwards: the
     weight was rounded twice, not once as documented. Fixed in arithmetic.cast_to (round to
     odd in float32 first), used by _scale_into for ml_dtypes' types."""
-    ml_dtypes = __import__("pytest").importorskip("ml_dtypes")
     from bnfold.arithmetic import WeightLayout, cast_to, scale_weight
 
     bf16 = np.dtype(ml_dtypes.bfloat16)
@@ -356,7 +357,6 @@ def test_bfloat16_bias_is_rounded_once():
     through float32, twice), so a bias just above a bfloat16 midpoint came out one step low.
     gamma 1, var 1, eps 0, mean -2**-40, beta 2**-8 and a Conv bias of 1 fold to exactly
     1 + 2**-8 + 2**-40: nearest bfloat16 1.0078125, double rounding 1.0."""
-    ml_dtypes = __import__("pytest").importorskip("ml_dtypes")
     from onnx import helper, numpy_helper
 
     bf16 = np.dtype(ml_dtypes.bfloat16)
@@ -386,3 +386,67 @@ def test_bfloat16_bias_is_rounded_once():
     conv = next(n for n in result.model.graph if n.op_type == "Conv")
     bias = conv.inputs[2].const_value.numpy().astype(np.float64)
     np.testing.assert_array_equal(bias, [1.0078125])
+
+
+@pytest.mark.parametrize(
+    ("body", "folded", "skipped"),
+    [
+        ("b = BatchNormalization (a, gamma, beta, mean, var)\n d = Mul (b, s)\n y = Mul (d, c)",
+         ["conv+bn", "conv+mul"], []),
+        ("b = Mul (a, c)\n d = Mul (b, s)\n y = BatchNormalization (d, gamma, beta, mean, var)",
+         [], ["backward: its input comes from Mul, not a linear layer (Conv, ConvTranspose, Gemm, "
+              "MatMul); forward: its output 'y' is a graph output"]),
+    ],
+    ids=["bn-scalar-axis3", "axis3-scalar-bn"],
+)  # fmt: skip
+def test_scalar_between_ops_on_different_axes_does_not_join_them(rng, body, folded, skipped):
+    """Bug: a chain grew by comparing each node with the one before it only, so a scalar Mul
+    between a BN (axis 1, 4 channels) and a Mul along axis 3 (4 values) joined all three, and
+    the axis-3 scale was folded into the Conv's output channels: max error 4.3 on outputs of 8."""
+    p = {
+        "W": rng.normal(0, 0.5, (4, 3, 1, 1)).astype(np.float32),
+        **bn_stats(rng, 4),
+        "s": np.array(2.0, np.float32),
+        "c": rng.uniform(0.5, 2.0, (1, 1, 1, 4)).astype(np.float32),
+    }
+    model = make_model(
+        f"""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[2,3,4,4] x) => (float[2,4,4,4] y) {{
+          a = Conv (x, W)
+          {body}
+        }}""",
+        p,
+    )
+    out, result = check_fold(model, {"x": rng.normal(0, 1, (2, 3, 4, 4)).astype(np.float32)})
+    assert [f.fold for f in result.report.folded] == folded
+    assert [s.reason for s in result.report.skipped] == skipped
+    assert [n.op_type for n in out.graph.node].count("Mul") == (1 if folded else 2)
+
+
+@pytest.mark.parametrize(
+    ("body", "x", "y", "fold"),
+    [
+        ("b = BatchNormalization (x, gamma, beta, mean, var)\n f = Flatten (b)\n y = Gemm (f, W)",
+         "float[2,1,3,3] x", "float[2,5] y", "bn+gemm"),
+        ("g = Gemm (x, W)\n r = Reshape (g, s)\n y = BatchNormalization (r, gamma, beta, mean, var)",
+         "float[2,4] x", "float[2,1,3,3] y", "gemm+bn"),
+    ],
+    ids=["forward-flatten", "backward-reshape"],
+)  # fmt: skip
+def test_one_channel_bn_through_a_reshape_folds(rng, body, x, y, fold):
+    """Bug (found by the property tests): a one-channel BN through Flatten/Reshape was refused
+    ("does not keep the BN channel axis whole"): its channel depends on no axis, and the check
+    wanted exactly one. Every element is channel 0 there, and the fold is exact."""
+    forward = fold.startswith("bn+")
+    p = {"W": rng.normal(0, 0.5, (9, 5) if forward else (4, 9)).astype(np.float32),
+         "s": np.array([2, 1, 3, 3], np.int64), **bn_stats(rng, 1)}  # fmt: skip
+    model = make_model(
+        f"""<ir_version: 8, opset_import: ["" : 17]>
+        g ({x}) => ({y}) {{
+          {body}
+        }}""",
+        p,
+    )
+    shape = (2, 1, 3, 3) if forward else (2, 4)
+    _, result = check_fold(model, {"x": rng.normal(0, 1, shape).astype(np.float32)})
+    assert [f.fold for f in result.report.folded] == [fold]

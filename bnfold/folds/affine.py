@@ -24,7 +24,7 @@ import onnx_ir as ir
 from bnfold.arithmetic import Affine
 from bnfold.folds import layers
 from bnfold.folds.batchnorm import read_batchnorm
-from bnfold.folds.common import is_op, node_label
+from bnfold.folds.common import input_at, is_op, node_label
 from bnfold.folds.context import FoldContext
 from bnfold.folds.elementwise import ELEMENTWISE_OPS, read_elementwise
 from bnfold.folds.plan import Refusal, Remove
@@ -159,6 +159,33 @@ def _compatible(a: AffineOp, b: AffineOp, ctx: FoldContext) -> bool:
     return rank is not None and a.axis % rank == b.axis % rank
 
 
+def _joins(ops: list[AffineOp], op: AffineOp, ctx: FoldContext) -> bool:
+    """Whether ``op`` can join the chain ``ops``: compatible with each of them (compatibility is
+    not transitive: a scalar Mul between a BN on axis 1 and a Mul along axis 3 is compatible
+    with both, which are not compatible with each other)."""
+    return all(_compatible(other, op, ctx) for other in ops)
+
+
+def _before(op: AffineOp, ctx: FoldContext) -> AffineOp | None:
+    """The affine node whose output ``op`` reads as its data (past Identity nodes), if any."""
+    _, before = _previous(op.data)
+    prev = None if before is None else read_op(before, ctx)
+    return prev if isinstance(prev, AffineOp) else None
+
+
+def _starts_chain(first: AffineOp, ctx: FoldContext) -> bool:
+    """Whether ``first`` starts a chain: the run of affine nodes that leads to it, split into
+    chains from its start as :func:`chain_at` grows them, leaves ``first`` the first of one."""
+    run, seen = [first], {id(first.node)}
+    while (prev := _before(run[-1], ctx)) is not None and id(prev.node) not in seen:
+        seen.add(id(prev.node))
+        run.append(prev)
+    chain: list[AffineOp] = []
+    for op in reversed(run):
+        chain = [*chain, op] if chain and _joins(chain, op, ctx) else [op]
+    return chain == [first]
+
+
 def _next(value: ir.Value) -> tuple[list[ir.Node], ir.Node | None, ir.Value]:
     """The single reader of ``value`` past Identity nodes: (identities, reader, value it reads)."""
     ids: list[ir.Node] = []
@@ -177,11 +204,11 @@ def _previous(value: ir.Value) -> tuple[list[ir.Node], ir.Node | None]:
     ids: list[ir.Node] = []
     while not value.is_graph_output() and len(value.uses()) == 1:
         node = value.producer()
-        if not is_op(node, "Identity"):
-            return ids[::-1], node
-        assert node is not None and node.inputs[0] is not None
+        data = None if node is None else input_at(node, 0)
+        if not is_op(node, "Identity") or node is None or data is None:
+            return ids[::-1], node  # (an Identity without input is no part of a chain)
         ids.append(node)
-        value = node.inputs[0]
+        value = data
     return ids[::-1], None
 
 
@@ -198,22 +225,16 @@ def chain_at(node: ir.Node, ctx: FoldContext) -> AffineChain | Refusal | None:
         if first.reason.startswith("division"):
             ctx.note(f"{node.op_type} '{node_label(node)}' is not folded: {first.reason}")
         return None
-    leading, before = _previous(first.data)
-    if before is not None:
-        prev = read_op(before, ctx)
-        if isinstance(prev, AffineOp) and _compatible(prev, first, ctx):
-            return None  # part of the chain that starts earlier
+    if not _starts_chain(first, ctx):
+        return None  # part of the chain that starts earlier
+    leading, _ = _previous(first.data)
     ops, members = [first], [*leading, node]
     while True:
         ids, reader, value = _next(ops[-1].node.outputs[0])
         if reader is None:
             break
         op = read_op(reader, ctx)
-        if (
-            not isinstance(op, AffineOp)
-            or op.data is not value
-            or not _compatible(ops[-1], op, ctx)
-        ):
+        if not isinstance(op, AffineOp) or op.data is not value or not _joins(ops, op, ctx):
             break
         ops.append(op)
         members += [*ids, reader]

@@ -54,6 +54,10 @@ def per_feature(
     if isinstance(cmap, Refusal):
         return cmap
     name = producer.node.op_type
+    if cmap.axis is None and chain.channels not in (None, 1):
+        return Refusal(
+            f"the {what} has {chain.channels} channels, but a single one reaches the {name}"
+        )
     if cmap.axis is not None and cmap.axis != producer.feature_axis:
         rank = "unknown" if producer.rank is None else str(producer.rank)
         if not source.path and cmap.axis == 1:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_ir as ir
 
@@ -54,6 +56,25 @@ def input_at(node: ir.Node, index: int) -> ir.Value | None:
     return node.inputs[index] if index < len(node.inputs) else None
 
 
+@dataclass(frozen=True, eq=False)
+class ConstInput:
+    """A constant input of a node: the value it reads and the array behind it."""
+
+    value: ir.Value
+    array: np.ndarray
+
+
+def const_input(node: ir.Node, index: int, what: str, ctx: FoldContext) -> ConstInput | Refusal:
+    """Input ``index`` of ``node`` with its constant array, or why it is not a usable constant
+    (absent, computed at run time, overridable)."""
+    value = input_at(node, index)
+    array = ctx.const(value, what)
+    if isinstance(array, Refusal):
+        return array
+    assert value is not None  # ctx.const refuses a missing value
+    return ConstInput(value, array)
+
+
 def sole_use_refusal(value: ir.Value, kind: str) -> Refusal | None:
     """Refuse when ``value`` feeds more than one node or is a graph output."""
     if value.is_graph_output():
@@ -74,36 +95,30 @@ def float_weight(array: np.ndarray, kind: str) -> Refusal | None:
     return Refusal(f"the {kind} weight is {array.dtype}, not floating point")
 
 
-def as_vector(array: np.ndarray, channels: int, what: str) -> np.ndarray | Refusal:
-    """A per-channel parameter as float64 (C,), broadcasting a single value."""
-    flat = np.asarray(array).reshape(-1)
-    if flat.size == channels:
-        return flat.astype(np.float64)
-    if flat.size == 1:
-        return np.full(channels, float(flat[0]), dtype=np.float64)
-    return Refusal(f"{what} has {flat.size} values for {channels} channels")
-
-
 def conv_weight_and_bias(
     node: ir.Node, ctx: FoldContext, layout: str
-) -> tuple[np.ndarray, np.ndarray | None] | Refusal:
+) -> tuple[ConstInput, ConstInput | None] | Refusal:
     """Constant float weight (rank >= 3, ``layout`` names its axes) and optional bias of a
     (de)convolution."""
     op = node.op_type
-    weight = ctx.const(input_at(node, 1), f"{op} weight")
+    weight = const_input(node, 1, f"{op} weight", ctx)
     if isinstance(weight, Refusal):
         return weight
-    if weight.ndim < 3:
-        return Refusal(f"weight of shape {tuple(weight.shape)} is not {layout}")
-    refusal = float_weight(weight, op)
+    if weight.array.ndim < 3:
+        return Refusal(f"weight of shape {tuple(weight.array.shape)} is not {layout}")
+    refusal = float_weight(weight.array, op)
     if refusal:
         return refusal
-    bias_value = input_at(node, 2)
-    if bias_value is None:
+    if input_at(node, 2) is None:
         return weight, None
-    bias = ctx.const(bias_value, f"{op} bias")
+    bias = const_input(node, 2, f"{op} bias", ctx)
     if isinstance(bias, Refusal):
         return bias
-    if bias.ndim != 1:
-        return Refusal(f"the {op} bias has shape {tuple(bias.shape)}, not (C,)")
+    if bias.array.ndim != 1:
+        return Refusal(f"the {op} bias has shape {tuple(bias.array.shape)}, not (C,)")
     return weight, bias
+
+
+def bias_vector(bias: ConstInput | None) -> np.ndarray | None:
+    """A (de)convolution bias as a float64 vector (None when absent)."""
+    return None if bias is None else bias.array.astype(np.float64).reshape(-1)

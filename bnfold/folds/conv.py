@@ -18,11 +18,17 @@ Forward (BN before the Conv):
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from bnfold.arithmetic import WeightLayout
-from bnfold.folds.common import conv_weight_and_bias, int_attr, ints_attr, node_label, str_attr
+from bnfold.folds.common import (
+    bias_vector,
+    conv_weight_and_bias,
+    int_attr,
+    ints_attr,
+    node_label,
+    str_attr,
+)
 from bnfold.folds.context import FoldContext
 from bnfold.folds.linear import BiasSlot, Consumer, Producer
 from bnfold.folds.plan import Refusal
@@ -38,16 +44,16 @@ def producer(node: ir.Node, ctx: FoldContext) -> Producer | Refusal:
         kind="conv",
         node=node,
         output=node.outputs[0],
-        weight=node.inputs[1],  # type: ignore[arg-type]
-        array=weight,
+        weight=weight.value,
+        array=weight.array,
         layout=WeightLayout.AXIS0,
         groups=int_attr(node, "group", 1),
-        channels=int(weight.shape[0]),
+        channels=int(weight.array.shape[0]),
         feature_axis=1,
-        rank=weight.ndim,
-        bias=None if bias is None else bias.astype(np.float64).reshape(-1),
+        rank=weight.array.ndim,
+        bias=bias_vector(bias),
         slot=BiasSlot(node, 2),
-        bias_source=node.inputs[2] if len(node.inputs) > 2 else None,
+        bias_source=None if bias is None else bias.value,
     )
 
 
@@ -80,28 +86,29 @@ def consumer(use: Use, ctx: FoldContext) -> Consumer | Refusal:
     if isinstance(parts, Refusal):
         return parts
     weight, bias = parts
+    w = weight.array
     groups = int_attr(node, "group", 1)
-    cmap = use.cmap.normalized(weight.ndim)
+    cmap = use.cmap.normalized(w.ndim)
     if isinstance(cmap, Refusal):
         return cmap
     if cmap.axis not in (None, 1):
         return Refusal(f"the BN channels reach the Conv on axis {cmap.axis}, not its channel axis")
-    if groups < 1 or weight.shape[0] % groups:
-        return Refusal(f"weight dim 0 ({weight.shape[0]}) is not divisible by group={groups}")
-    index = cmap.features(int(weight.shape[1]) * groups, None)
+    if groups < 1 or w.shape[0] % groups:
+        return Refusal(f"weight dim 0 ({w.shape[0]}) is not divisible by group={groups}")
+    index = cmap.features(int(w.shape[1]) * groups, None)
     if isinstance(index, Refusal):
         return index
     return Consumer(
         kind="conv",
         node=node,
-        weight=node.inputs[1],  # type: ignore[arg-type]
-        array=weight,
+        weight=weight.value,
+        array=w,
         layout=WeightLayout.GROUPED_AXIS1,
         groups=groups,
         index=index,
-        bias=None if bias is None else bias.astype(np.float64).reshape(-1),
+        bias=bias_vector(bias),
         slot=BiasSlot(node, 2),
         out_axis=0,
-        shift_refusal=padding_refusal(node, tuple(weight.shape[2:])),
-        bias_source=node.inputs[2] if len(node.inputs) > 2 else None,
+        shift_refusal=padding_refusal(node, tuple(w.shape[2:])),
+        bias_source=None if bias is None else bias.value,
     )

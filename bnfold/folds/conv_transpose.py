@@ -16,11 +16,10 @@ output (border positions and stride phases receive fewer kernel taps).
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from bnfold.arithmetic import WeightLayout
-from bnfold.folds.common import conv_weight_and_bias, int_attr, node_label
+from bnfold.folds.common import bias_vector, conv_weight_and_bias, int_attr, node_label
 from bnfold.folds.context import FoldContext
 from bnfold.folds.linear import BiasSlot, Consumer, Producer
 from bnfold.folds.plan import Refusal
@@ -34,23 +33,24 @@ def producer(node: ir.Node, ctx: FoldContext) -> Producer | Refusal:
     if isinstance(parts, Refusal):
         return parts
     weight, bias = parts
+    w = weight.array
     groups = int_attr(node, "group", 1)
-    if groups < 1 or weight.shape[0] % groups:
-        return Refusal(f"weight dim 0 ({weight.shape[0]}) is not divisible by group={groups}")
+    if groups < 1 or w.shape[0] % groups:
+        return Refusal(f"weight dim 0 ({w.shape[0]}) is not divisible by group={groups}")
     return Producer(
         kind="conv_transpose",
         node=node,
         output=node.outputs[0],
-        weight=node.inputs[1],  # type: ignore[arg-type]
-        array=weight,
+        weight=weight.value,
+        array=w,
         layout=WeightLayout.GROUPED_AXIS1,
         groups=groups,
-        channels=int(weight.shape[1]) * groups,
+        channels=int(w.shape[1]) * groups,
         feature_axis=1,
-        rank=weight.ndim,
-        bias=None if bias is None else bias.astype(np.float64).reshape(-1),
+        rank=w.ndim,
+        bias=bias_vector(bias),
         slot=BiasSlot(node, 2),
-        bias_source=node.inputs[2] if len(node.inputs) > 2 else None,
+        bias_source=None if bias is None else bias.value,
     )
 
 
@@ -64,31 +64,32 @@ def consumer(use: Use, ctx: FoldContext) -> Consumer | Refusal:
     if isinstance(parts, Refusal):
         return parts
     weight, bias = parts
-    cmap = use.cmap.normalized(weight.ndim)
+    w = weight.array
+    cmap = use.cmap.normalized(w.ndim)
     if isinstance(cmap, Refusal):
         return cmap
     if cmap.axis not in (None, 1):
         return Refusal(
             f"the BN channels reach the ConvTranspose on axis {cmap.axis}, not its channel axis"
         )
-    index = cmap.features(int(weight.shape[0]), None)
+    index = cmap.features(int(w.shape[0]), None)
     if isinstance(index, Refusal):
         return index
     groups = int_attr(node, "group", 1)
     return Consumer(
         kind="conv_transpose",
         node=node,
-        weight=node.inputs[1],  # type: ignore[arg-type]
-        array=weight,
+        weight=weight.value,
+        array=w,
         layout=WeightLayout.AXIS0,
         groups=groups,
         index=index,
-        bias=None if bias is None else bias.astype(np.float64).reshape(-1),
+        bias=bias_vector(bias),
         slot=BiasSlot(node, 2),
         out_axis=1,
         shift_refusal=(
             f"the ConvTranspose '{node_label(node)}' spreads a constant input unevenly over its "
             "output, so the BN shift cannot become its bias"
         ),
-        bias_source=node.inputs[2] if len(node.inputs) > 2 else None,
+        bias_source=None if bias is None else bias.value,
     )

@@ -98,8 +98,7 @@ def read_elementwise(node: ir.Node, ctx: FoldContext) -> Elementwise | Refusal |
         if index == 0:
             return Elementwise(index, axis, ones, -vec)
         return Elementwise(index, axis, -ones, vec)
-    if index != 0:
-        return None  # c / z
+    # z / c (data_operand never gives c / z: it is not affine in z)
     if np.any(vec == 0):
         return Refusal("division by a constant with zeros")
     return Elementwise(index, axis, 1.0 / vec, zeros)

@@ -45,6 +45,10 @@ def readers(
         return uses
     found = []
     for use in uses:
+        if use.cmap.axis is None and channels != 1:
+            return Refusal(
+                f"the BN has {channels} channels, but a single one reaches '{node_label(use.node)}'"
+            )
         consumer = layers.consumer(use, ctx)
         if isinstance(consumer, Refusal):
             return consumer

@@ -23,20 +23,28 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold.arithmetic import WeightLayout
-from bnfold.folds.common import float_attr, float_weight, input_at, int_attr, node_label
+from bnfold.folds.common import (
+    ConstInput,
+    const_input,
+    float_attr,
+    float_weight,
+    input_at,
+    int_attr,
+    node_label,
+)
 from bnfold.folds.context import FoldContext
 from bnfold.folds.linear import BiasSlot, Consumer, Producer
 from bnfold.folds.plan import Refusal
 from bnfold.folds.trace import Use
 
 
-def _weight(node: ir.Node, ctx: FoldContext) -> np.ndarray | Refusal:
-    weight = ctx.const(input_at(node, 1), "Gemm B")
+def _weight(node: ir.Node, ctx: FoldContext) -> ConstInput | Refusal:
+    weight = const_input(node, 1, "Gemm B", ctx)
     if isinstance(weight, Refusal):
         return weight
-    if weight.ndim != 2:
-        return Refusal(f"weight of shape {tuple(weight.shape)} is not 2-D")
-    return float_weight(weight, "Gemm") or weight
+    if weight.array.ndim != 2:
+        return Refusal(f"weight of shape {tuple(weight.array.shape)} is not 2-D")
+    return float_weight(weight.array, "Gemm") or weight
 
 
 def _bias(node: ir.Node, outputs: int, ctx: FoldContext) -> np.ndarray | None | Refusal:
@@ -61,7 +69,7 @@ def producer(node: ir.Node, ctx: FoldContext) -> Producer | Refusal:
     if isinstance(weight, Refusal):
         return weight
     trans_b = int_attr(node, "transB", 0)
-    channels = int(weight.shape[0] if trans_b else weight.shape[1])
+    channels = int(weight.array.shape[0] if trans_b else weight.array.shape[1])
     bias = _bias(node, channels, ctx)
     if isinstance(bias, Refusal):
         return bias
@@ -69,8 +77,8 @@ def producer(node: ir.Node, ctx: FoldContext) -> Producer | Refusal:
         kind="gemm",
         node=node,
         output=node.outputs[0],
-        weight=node.inputs[1],  # type: ignore[arg-type]
-        array=weight,
+        weight=weight.value,
+        array=weight.array,
         layout=WeightLayout.AXIS0 if trans_b else WeightLayout.AXIS1,
         groups=1,
         channels=channels,
@@ -103,7 +111,7 @@ def consumer(use: Use, ctx: FoldContext) -> Consumer | Refusal:
     if cmap.axis not in (None, 1):
         return Refusal(f"the BN channels reach the Gemm on axis {cmap.axis}, not its features")
     trans_b = int_attr(node, "transB", 0)
-    k, outputs = (weight.shape[1], weight.shape[0]) if trans_b else weight.shape
+    k, outputs = (weight.array.shape[1], weight.array.shape[0]) if trans_b else weight.array.shape
     index = cmap.features(int(k), None)
     if isinstance(index, Refusal):
         return index
@@ -113,8 +121,8 @@ def consumer(use: Use, ctx: FoldContext) -> Consumer | Refusal:
     return Consumer(
         kind="gemm",
         node=node,
-        weight=node.inputs[1],  # type: ignore[arg-type]
-        array=weight,
+        weight=weight.value,
+        array=weight.array,
         layout=WeightLayout.AXIS1 if trans_b else WeightLayout.AXIS0,
         groups=1,
         index=index,

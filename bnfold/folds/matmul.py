@@ -26,26 +26,26 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold.arithmetic import WeightLayout
-from bnfold.folds.common import float_weight, is_op, node_label
+from bnfold.folds.common import ConstInput, const_input, float_weight, is_op, node_label
 from bnfold.folds.context import FoldContext
 from bnfold.folds.linear import BiasSlot, Consumer, Producer
 from bnfold.folds.plan import Refusal
 from bnfold.folds.trace import Use
 
 
-def _weight(node: ir.Node, ctx: FoldContext) -> np.ndarray | Refusal:
+def _weight(node: ir.Node, ctx: FoldContext) -> ConstInput | Refusal:
     if len(node.inputs) != 2:
         return Refusal("MatMul needs two inputs")
-    weight = ctx.const(node.inputs[1], "MatMul weight")
+    weight = const_input(node, 1, "MatMul weight", ctx)
     if isinstance(weight, Refusal):
         if ctx.is_constant(node.inputs[0]):
             return Refusal(
                 "the MatMul's constant is its first operand (no output features to scale)"
             )
         return weight
-    if weight.ndim != 2:
-        return Refusal(f"weight of shape {tuple(weight.shape)} is not 2-D (K, M)")
-    return float_weight(weight, "MatMul") or weight
+    if weight.array.ndim != 2:
+        return Refusal(f"weight of shape {tuple(weight.array.shape)} is not 2-D (K, M)")
+    return float_weight(weight.array, "MatMul") or weight
 
 
 def bias_add(matmul: ir.Node, ctx: FoldContext) -> tuple[ir.Node, int, np.ndarray] | None:
@@ -98,20 +98,22 @@ def producer(node: ir.Node, ctx: FoldContext) -> Producer | Refusal:
         return weight
     rank = _rank(node, ctx)
     carrier = bias_add(node, ctx)
-    output, bias, source = node.outputs[0], None, None
-    slot: BiasSlot | None = BiasSlot(node, 2, becomes_gemm=True) if rank == 2 else None
     if carrier is not None:
-        add, index, bias = carrier
-        output, slot, source = add.outputs[0], BiasSlot(add, index), add.inputs[index]
+        add, index, c = carrier
+        output, bias, source = add.outputs[0], c, add.inputs[index]
+        slot: BiasSlot | None = BiasSlot(add, index)
+    else:
+        output, bias, source = node.outputs[0], None, None
+        slot = BiasSlot(node, 2, becomes_gemm=True) if rank == 2 else None
     return Producer(
         kind="matmul",
         node=node,
         output=output,
-        weight=node.inputs[1],  # type: ignore[arg-type]
-        array=weight,
+        weight=weight.value,
+        array=weight.array,
         layout=WeightLayout.AXIS1,
         groups=1,
-        channels=int(weight.shape[1]),
+        channels=int(weight.array.shape[1]),
         feature_axis=-1 if rank is None else rank - 1,
         rank=rank,
         bias=bias,
@@ -138,7 +140,7 @@ def consumer(use: Use, ctx: FoldContext) -> Consumer | Refusal:
             f"the BN channels reach the MatMul '{node_label(node)}' on axis {cmap.axis}, but it "
             f"contracts the last axis (input rank {rank})"
         )
-    index = cmap.features(int(weight.shape[0]), None)
+    index = cmap.features(int(weight.array.shape[0]), None)
     if isinstance(index, Refusal):
         return index
     carrier = bias_add(node, ctx)
@@ -153,8 +155,8 @@ def consumer(use: Use, ctx: FoldContext) -> Consumer | Refusal:
     return Consumer(
         kind="matmul",
         node=node,
-        weight=node.inputs[1],  # type: ignore[arg-type]
-        array=weight,
+        weight=weight.value,
+        array=weight.array,
         layout=WeightLayout.AXIS0,
         groups=1,
         index=index,

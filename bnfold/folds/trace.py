@@ -143,6 +143,10 @@ def remap(
     view[a - k] = channels
     grid = np.broadcast_to(index.reshape(view), static_src).reshape(static_dst)
     varying = [j for j in range(grid.ndim) if not np.all(grid == np.take(grid, [0], axis=j))]
+    if not varying and not index.any():
+        # a channel axis of one: every element is channel 0 (the folds check that the chain
+        # has one channel, too)
+        return ChannelMap(None)
     if len(varying) != 1:
         return Refusal(f"{op} does not keep the BN channel axis whole")
     j = varying[0]
@@ -167,7 +171,7 @@ def _axes(node: ir.Node, ctx: FoldContext) -> list[int] | None:
 
 def _reshape_dims(node: ir.Node, out: bool, ctx: FoldContext) -> list[Dim] | None:
     """The input (``out`` False) or output dims of a Reshape/Flatten."""
-    data = node.inputs[0]
+    data = input_at(node, 0)
     if not out:
         return dims(ctx.shape(data))
     known = dims(ctx.shape(node.outputs[0]))
@@ -212,7 +216,7 @@ def through(
     op = node.op_type
     if op == "Identity" or cmap.axis is None:
         return cmap
-    data_in, data_out = node.inputs[0], node.outputs[0]
+    data_in, data_out = input_at(node, 0), node.outputs[0]
     here = data_in if forward else data_out
     norm = cmap.normalized(ctx.rank(here))
     if isinstance(norm, Refusal):
@@ -290,7 +294,7 @@ def trace_back(value: ir.Value, cmap: ChannelMap, ctx: FoldContext) -> Source | 
             return mapped.within(f"through {producer.op_type}")
         path.append(producer)
         cmap = mapped
-        data = producer.inputs[0]
+        data = input_at(producer, 0)
         if data is None:
             return Refusal(f"the {producer.op_type} has no data input")
         value = data

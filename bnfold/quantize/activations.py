@@ -63,7 +63,9 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return values
 
 
-def _bn_scale(node: onnx.NodeProto, consts: Mapping[str, np.ndarray]):
+def _bn_scale(
+    node: onnx.NodeProto, consts: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
     names = list(node.input[1:5])
     if len(names) < 4 or not all(n in consts for n in names):
         return None, None

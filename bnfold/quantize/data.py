@@ -75,7 +75,7 @@ class Dataset:
         first = self.batches[0]
         feeds = {k: np.concatenate([b.feeds[k] for b in self.batches]) for k in first.feeds}
         labels = np.concatenate([b.labels for b in self.batches]) if self.has_labels else None
-        return Batch(self.source, feeds, labels)  # type: ignore[arg-type]
+        return Batch(self.source, feeds, labels)
 
     def to_dict(self) -> dict:
         return {

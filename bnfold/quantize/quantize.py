@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -41,6 +41,9 @@ from bnfold.quantize.types import QUANT_TYPES, QuantTypes, recommended_types
 from bnfold.verify import CheckOptions, check_models
 from bnfold.verify.inputs import InputInfo, session_inputs
 from bnfold.verify.session import make_session, model_ref
+
+if TYPE_CHECKING:
+    from rich.console import Group
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -158,7 +161,7 @@ class QuantizeResult:
                 out[name] = [int(i) for i in dead]
         return out
 
-    def render(self):
+    def render(self) -> Group:
         from bnfold.quantize.report import render_quantize
 
         return render_quantize(self)

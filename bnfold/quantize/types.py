@@ -18,6 +18,7 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["QUANT_TYPES", "QuantTypes", "cpu_flags", "recommended_types"]
 
@@ -48,7 +49,7 @@ class QuantTypes:
     def to_dict(self) -> dict[str, str | bool]:
         return dict(vars(self))
 
-    def ort(self):
+    def ort(self) -> tuple[Any, Any]:
         """(activation QuantType, weight QuantType) for onnxruntime."""
         from onnxruntime.quantization import QuantType
 

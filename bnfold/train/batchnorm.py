@@ -28,6 +28,8 @@ Eval mode (with running statistics) calls ``torch.nn.functional.batch_norm`` wit
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -103,7 +105,9 @@ class BatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, gamma: Tensor | None, beta: Tensor | None, eps: float):
+    def forward(
+        ctx: Any, x: Tensor, gamma: Tensor | None, beta: Tensor | None, eps: float
+    ) -> tuple[Tensor, Tensor, Tensor]:
         dims = _reduce_dims(x.ndim)
         m = x.numel() // x.shape[1]
         mean = x.mean(dim=dims, keepdim=True)  # mu_B
@@ -120,7 +124,9 @@ class BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dy: Tensor, _dmean: Tensor | None, _dvar: Tensor | None):
+    def backward(
+        ctx: Any, dy: Tensor, _dmean: Tensor | None, _dvar: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
         x, mean, invstd, gamma = ctx.saved_tensors
         dims = _reduce_dims(dy.ndim)
         m = dy.numel() // dy.shape[1]
@@ -152,6 +158,12 @@ class _ReferenceBatchNorm(nn.Module):
 
     _version = 2
     _ranks: tuple[int, ...] = ()
+    # declared, so that attribute access is typed (nn.Module's __getattr__ returns a union)
+    weight: nn.Parameter | None
+    bias: nn.Parameter | None
+    running_mean: Tensor | None
+    running_var: Tensor | None
+    num_batches_tracked: Tensor | None
 
     def __init__(
         self,
@@ -164,21 +176,24 @@ class _ReferenceBatchNorm(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
         if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
+            self.weight = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
+            self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
         if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer(
+                "running_mean", torch.zeros(num_features, device=device, dtype=dtype)
+            )
+            self.register_buffer(
+                "running_var", torch.ones(num_features, device=device, dtype=dtype)
+            )
             self.register_buffer(
                 "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
             )
@@ -187,17 +202,26 @@ class _ReferenceBatchNorm(nn.Module):
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
 
+    def _running(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """(running_mean, running_var, num_batches_tracked), or None when not tracked."""
+        mean, var, count = self.running_mean, self.running_var, self.num_batches_tracked
+        if mean is None or var is None or count is None:
+            return None
+        return mean, var, count
+
     def reset_running_stats(self) -> None:
         """Zero mean, unit variance, no batches seen."""
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1.0)
-            self.num_batches_tracked.zero_()
+        running = self._running()
+        if running is not None:
+            mean, var, count = running
+            mean.zero_()
+            var.fill_(1.0)
+            count.zero_()
 
     def reset_parameters(self) -> None:
         """Reset the running statistics and set gamma to 1, beta to 0."""
         self.reset_running_stats()
-        if self.affine:
+        if self.weight is not None and self.bias is not None:
             nn.init.ones_(self.weight)
             nn.init.zeros_(self.bias)
 
@@ -221,26 +245,35 @@ class _ReferenceBatchNorm(nn.Module):
                 f"expected more than 1 value per channel when training, got input size {tuple(x.shape)}"
             )
         y, mean, var = batch_norm_train(x, self.weight, self.bias, self.eps)
-        if self.training and self.track_running_stats:
-            self._update_running_stats(mean, var, m)
+        running = self._running()
+        if self.training and running is not None:
+            self._update_running_stats(running, mean, var, m)
         return y
 
     @torch.no_grad()
-    def _update_running_stats(self, mean: Tensor, var: Tensor, m: int) -> None:
-        self.num_batches_tracked.add_(1)
-        if self.momentum is None:  # cumulative moving average
-            factor = 1.0 / float(self.num_batches_tracked.item())
-        else:
-            factor = self.momentum
+    def _update_running_stats(
+        self, running: tuple[Tensor, Tensor, Tensor], mean: Tensor, var: Tensor, m: int
+    ) -> None:
+        running_mean, running_var, count = running
+        count.add_(1)
+        # momentum None: the cumulative moving average
+        factor = 1.0 / float(count.item()) if self.momentum is None else self.momentum
         unbiased = var * (m / (m - 1))
-        self.running_mean.mul_(1.0 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
-        self.running_var.mul_(1.0 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
+        running_mean.mul_(1.0 - factor).add_(mean.to(running_mean.dtype), alpha=factor)
+        running_var.mul_(1.0 - factor).add_(unbiased.to(running_var.dtype), alpha=factor)
 
     def _load_from_state_dict(
-        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
     ) -> None:
         # As torch: state dicts from before version 2 have no num_batches_tracked.
-        version = local_metadata.get("version", None)
+        version = local_metadata.get("version")
         key = prefix + "num_batches_tracked"
         if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
             state_dict[key] = torch.tensor(0, dtype=torch.long)

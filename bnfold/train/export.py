@@ -13,6 +13,7 @@ import contextlib
 import io
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def export_model(
 
 
 @contextlib.contextmanager
-def _export_errors(path: Path):
+def _export_errors(path: Path) -> Iterator[None]:
     """The exporter's own failures as one-line ExportErrors (exit 1), not tracebacks."""
     try:
         yield

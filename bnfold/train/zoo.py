@@ -67,10 +67,8 @@ class ZooOptions:
     def norm(self, channels: int, rank: int) -> nn.Module:
         """A BatchNorm for (N, C) / (N, C, H, W) tensors (``rank`` 2 or 4)."""
         if self.bn_impl == "reference":
-            cls = ref_bn.BatchNorm1d if rank == 2 else ref_bn.BatchNorm2d
-        else:
-            cls = nn.BatchNorm1d if rank == 2 else nn.BatchNorm2d
-        return cls(channels)
+            return ref_bn.BatchNorm1d(channels) if rank == 2 else ref_bn.BatchNorm2d(channels)
+        return nn.BatchNorm1d(channels) if rank == 2 else nn.BatchNorm2d(channels)
 
     def norm_act(self, channels: int, rank: int = 4) -> list[nn.Module]:
         """``[BN, act]``, ``[act, BN]`` or ``[act]``."""
@@ -84,7 +82,9 @@ class ZooOptions:
         return [self.norm(channels, 4)] if self.bn else []
 
 
-def _conv(cin: int, cout: int, k: int, opts: ZooOptions, stride: int = 1, groups: int = 1):
+def _conv(
+    cin: int, cout: int, k: int, opts: ZooOptions, stride: int = 1, groups: int = 1
+) -> nn.Conv2d:
     """Conv whose bias is dropped when a BatchNorm follows it directly (it would be redundant)."""
     bias = not (opts.bn and opts.bn_position == "before")
     return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=bias)

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import onnx
 
 # float types by precision (mantissa bits), lowest first
-_FLOATS = {
-    onnx.TensorProto.BFLOAT16: "bfloat16",
-    onnx.TensorProto.FLOAT16: "float16",
-    onnx.TensorProto.FLOAT: "float32",
-    onnx.TensorProto.DOUBLE: "float64",
+_FLOATS: dict[int, str] = {
+    int(onnx.TensorProto.BFLOAT16): "bfloat16",
+    int(onnx.TensorProto.FLOAT16): "float16",
+    int(onnx.TensorProto.FLOAT): "float32",
+    int(onnx.TensorProto.DOUBLE): "float64",
 }
 _ORDER = ["bfloat16", "float16", "float32", "float64"]
 

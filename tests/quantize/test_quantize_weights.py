@@ -179,3 +179,37 @@ def test_matches_onnxruntime_on_zero_and_subnormal_channels(tmp_path):
     np.testing.assert_array_equal(ours.values, values)
     np.testing.assert_array_equal(ours.scale, scale)
     assert ours.scale[0] == ours.scale[1] == 1.0  # below float32's smallest normal
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: weight_qrange("int4"), "weight_type must be one of int8, uint8, not 'int4'"),
+        (lambda: quantize_per_channel(np.ones((2, 3)), 2), "axis 2 is out of range for a rank-2"),
+        (lambda: quantize_per_channel(np.ones((2, 3), np.int32), 0), "expected a float weight"),
+        (lambda: zero_share(np.ones((2, 3)), 0, live=np.ones(3, bool)), "live needs in_axis"),
+        (lambda: zero_share(np.ones((2, 3)), 0, in_axis=1, live=np.ones(2, bool)),
+         r"live has shape \(2,\), expected \(3,\)"),
+        (lambda: scale_spread(np.array([])), "no scales"),
+        (lambda: forward_fold_effect(np.ones((2, 3)), np.ones(2), 0, 0),
+         "in_axis and out_axis must differ"),
+        (lambda: forward_fold_effect(np.ones((2, 3)), np.ones(2), 0, 1),
+         "s has 2 values, the weight's axis 1 has 3"),
+    ],
+    ids=["type", "axis", "dtype", "live-axis", "live-shape", "spread", "axes", "s-size"],
+)  # fmt: skip
+def test_bad_arguments_raise(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_degenerate_weights():
+    """No values per channel: scale 1 (as for an all-zero channel); no nonzero weight: nothing
+    can round to zero; an all-zero weight has no quantization error, and a fold of it neither."""
+    q = quantize_per_channel(np.zeros((3, 0), np.float32), 0)
+    assert q.values.shape == (3, 0) and q.scale.tolist() == [1.0, 1.0, 1.0]
+    assert zero_share(np.zeros((2, 3), np.float32), 0) == 0.0
+    effect = forward_fold_effect(np.zeros((2, 3), np.float32), np.array([1.0, 5.0, 1.0]), 0, 1)
+    assert (effect.error_before, effect.error_after, effect.error_ratio) == (0.0, 0.0, 1.0)
+    assert int8_forward_refusal(effect) is None
+    assert scale_spread(np.zeros(3)) == 1.0 and scale_spread(np.array([0.0, 0.0, 2.0])) == math.inf

@@ -53,7 +53,7 @@ def test_zoo_model_trains_exports_folds_to_zero_bn_and_checks_equal(tmp_path, na
     assert_running_stats_moved(result.model)
     before, after = tmp_path / "before.onnx", tmp_path / "after.onnx"
     exported = export_model(result.model, before, dynamic_batch=True)
-    assert exported.bn_nodes == exported.bn_modules == count_batchnorms(result.model)
+    assert exported.bn_nodes == count_batchnorms(result.model)
     assert exported.max_abs_error < 1e-4
     folded = bnfold.fold(before)
     save_model(folded.model, after)
@@ -63,9 +63,17 @@ def test_zoo_model_trains_exports_folds_to_zero_bn_and_checks_equal(tmp_path, na
     assert check.passed, check.to_dict()
 
 
-# BN left after folding a zoo model whose BN follows its activation: each left BN feeds a
-# padded 3x3 Conv (or a ConvTranspose), where neither its shift nor the whole BN folds exactly.
-BN_AFTER_ACT_LEFT = {"mlp": 0, "digits_cnn": 2, "resnet": 3, "mobilenet": 3, "autoencoder": 3}
+# BN left after folding a zoo model whose BN follows its activation, by the reason: feeding a
+# padded 3x3 Conv ("pads") or a ConvTranspose ("spreads"), where neither its shift nor the whole
+# BN folds exactly.
+BN_AFTER_ACT_LEFT = {
+    "mlp": {},
+    "digits_cnn": {"pads": 2},
+    "resnet": {"pads": 3},
+    "mobilenet": {"pads": 3},
+    "autoencoder": {"pads": 1, "spreads": 2},
+}
+_WHY = {"pads": "pads its input", "spreads": "spreads a constant input unevenly"}
 
 
 @pytest.mark.parametrize(
@@ -78,15 +86,15 @@ def test_bn_after_activation_folds_forward(tmp_path, name, activation):
     assert exported.bn_nodes == count_batchnorms(result.model)
     folded = bnfold.fold(before)
     save_model(folded.model, after)
-    left = BN_AFTER_ACT_LEFT[name]
+    left = sum(BN_AFTER_ACT_LEFT[name].values())
     assert bn_nodes(after) == folded.report.bn_after == left
     assert folded.report.bn_folded == exported.bn_nodes - left
     wanted = {"relu": {"through the activation"}, "sigmoid": {"forward"}}[activation]
     if name == "autoencoder":  # every BN feeds a padded Conv or a ConvTranspose
         wanted = set()
     assert {f.direction for f in folded.report.folded} - {"backward"} == wanted
-    for skipped in folded.report.skipped:
-        assert "pads its input" in skipped.reason or "spreads a constant input" in skipped.reason
+    why = {k: sum(_WHY[k] in s.reason for s in folded.report.skipped) for k in _WHY}
+    assert why == {k: BN_AFTER_ACT_LEFT[name].get(k, 0) for k in _WHY}, folded.report.skipped
     assert check_models(before, after, CheckOptions(batch=4)).passed
 
 
