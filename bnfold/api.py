@@ -116,6 +116,15 @@ def fold(
     return FoldResult(ir_model, report)
 
 
+def verification_inputs(verify: CheckOptions | None) -> list[Path]:
+    """The .npz files a verification reads (``CheckOptions.inputs``, folders expanded)."""
+    if verify is None or not verify.inputs:
+        return []
+    from bnfold.verify.inputs import npz_files
+
+    return npz_files(verify.inputs)
+
+
 def fold_file(
     model: str | os.PathLike,
     output: str | os.PathLike,
@@ -143,6 +152,7 @@ def fold_file(
     paths.guard(
         [paths.Output("-o", Path(output), "model"), *also_writes],
         models=[model],
+        files=verification_inputs(verify),
         in_place=model if in_place else None,
     )
     result = fold(

@@ -49,7 +49,6 @@ class WeightLayout(Enum):
     AXIS0 = "axis0"
     AXIS1 = "axis1"
     GROUPED_AXIS1 = "grouped_axis1"
-    CONV_TRANSPOSE = "grouped_axis1"  # alias: ConvTranspose output channels
 
 
 @dataclass(frozen=True)
@@ -92,9 +91,6 @@ def scaled_channels(shape: tuple[int, ...], layout: WeightLayout, groups: int = 
     if layout is WeightLayout.AXIS1:
         return shape[1]
     return shape[1] * groups
-
-
-output_channels = scaled_channels  # the name backward folds read it by
 
 
 Index = tuple[slice, ...]

@@ -302,15 +302,21 @@ def _new_constant(
         shape=ir.Shape(tensor.shape.numpy()),
         type=ir.TensorType(tensor.dtype),
     )
-    graph.register_initializer(value)
-    if ctx.legacy_ir and graph is ctx.model.graph:
-        graph.inputs.append(value)  # IR 3: every initializer is a graph input
+    if ctx.legacy_ir:
+        # IR 3: every initializer is a graph input. A subgraph's inputs are positional (a Loop
+        # body's) or none at all (an If branch's), so the tensor goes into the main graph, as
+        # an outer-scope value the subgraph reads.
+        graph = ctx.model.graph
+        graph.register_initializer(value)
+        graph.inputs.append(value)
         if source is not None and source.is_graph_input():
             ctx.note(
                 f"IR {ctx.model.ir_version}: initializers that are also graph inputs were folded "
                 "as constants (as exporters of that era meant); the folded ones are new graph "
                 "inputs and the originals stay as inputs the graph no longer reads"
             )
+    else:
+        graph.register_initializer(value)
     return value
 
 

@@ -70,8 +70,11 @@ def guard(
     models: Sequence[str | os.PathLike] = (),
     files: Sequence[str | os.PathLike] = (),
     in_place: str | os.PathLike | None = None,
+    in_place_hint: bool = True,
 ) -> None:
-    """Refuse unusable or aliasing outputs (see the module docstring) before any work."""
+    """Refuse unusable or aliasing outputs (see the module docstring) before any work.
+    ``in_place_hint``: say "pass --in-place" when the model output is the input (commands
+    that have that option)."""
     wanted = [o for o in outputs if o is not None]
     for out in wanted:
         check_output(out)
@@ -92,7 +95,7 @@ def guard(
             if not same_file(path, src) or (own and out.kind == "model"):
                 continue
             hint = ""
-            if out.kind == "model" and src == inputs[0][0] and in_place is None:
+            if out.kind == "model" and src == inputs[0][0] and in_place is None and in_place_hint:
                 hint = "; pass --in-place to write over it"
             raise BadInputError(path, f"{name} would overwrite {description} ({src}){hint}")
     for i, (a, pa, na) in enumerate(writes):

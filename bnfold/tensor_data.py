@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
-from pathlib import Path, PurePath
+from pathlib import PurePath
 
 import onnx
 import onnx_ir as ir
@@ -42,15 +42,6 @@ def check_tensors(model: ir.Model, path: str | os.PathLike | None = None) -> Non
             _check_inline(tensor.raw, path)
         elif isinstance(tensor, ir.StringTensor):
             _check_strings(tensor, path)
-
-
-def external_data_files(model: ir.Model) -> list[Path]:
-    """The external-data files ``model`` reads (as named, relative to its base folder)."""
-    seen: dict[str, None] = {}
-    for tensor in _tensors(model):
-        if isinstance(tensor, ir.ExternalTensor):
-            seen.setdefault(os.path.join(tensor.base_dir or ".", tensor.location), None)
-    return [Path(p) for p in seen]
 
 
 def _tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:

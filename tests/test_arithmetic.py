@@ -119,7 +119,7 @@ def test_conv_transpose_bn_matches_torch(torch, rng, rank, cin, cout, groups, bi
     with torch.no_grad():
         expected = bn(conv(x))
     affine = _bn_affine(bn)
-    w = scale_weight(_np(conv.weight), affine.scale, WeightLayout.CONV_TRANSPOSE, groups)
+    w = scale_weight(_np(conv.weight), affine.scale, WeightLayout.GROUPED_AXIS1, groups)
     b = fold_bias(_np(conv.bias) if bias else None, affine)
     with torch.no_grad():
         folded.weight.copy_(torch.from_numpy(w))
@@ -151,7 +151,7 @@ def test_torch_fuse_conv_bn_weights_is_wrong_for_grouped_conv_transpose(torch, r
     assert not torch_ok, "torch's grouped ConvTranspose fusion was expected to be wrong"
 
     affine = _bn_affine(bn)
-    w = scale_weight(_np(conv.weight), affine.scale, WeightLayout.CONV_TRANSPOSE, 2)
+    w = scale_weight(_np(conv.weight), affine.scale, WeightLayout.GROUPED_AXIS1, 2)
     with torch.no_grad():
         folded.weight.copy_(torch.from_numpy(w))
         folded.bias.copy_(torch.from_numpy(fold_bias(_np(conv.bias), affine)))
@@ -221,7 +221,7 @@ def test_affine_then_composes():
     [
         (WeightLayout.AXIS0, (6, 3, 3, 3), 1),
         (WeightLayout.AXIS1, (9, 6), 1),
-        (WeightLayout.CONV_TRANSPOSE, (6, 2, 3, 3), 3),
+        (WeightLayout.GROUPED_AXIS1, (6, 2, 3, 3), 3),
     ],
 )
 def test_scale_weight_chunked_equals_whole_and_leaves_input(
@@ -229,7 +229,7 @@ def test_scale_weight_chunked_equals_whole_and_leaves_input(
 ):
     w = rng.normal(0, 1, shape).astype(np.float32)
     before = w.copy()
-    n = arithmetic.output_channels(shape, layout, groups)
+    n = arithmetic.scaled_channels(shape, layout, groups)
     s = rng.uniform(-2, 2, n)
     whole = scale_weight(w, s, layout, groups)
     monkeypatch.setattr(arithmetic, "_CHUNK_BYTES", 16)  # one row (or less) per chunk
@@ -409,7 +409,7 @@ def test_scaled_weight_problem_fp32_and_fp64():
 def test_scaled_weight_problem_grouped_conv_transpose():
     w = np.ones((4, 1, 1, 1), np.float16)  # group 2: channels 0, 1
     assert (
-        scaled_weight_problem(w, np.array([1.0, 1e6]), WeightLayout.CONV_TRANSPOSE, 2).overflow == 2
+        scaled_weight_problem(w, np.array([1.0, 1e6]), WeightLayout.GROUPED_AXIS1, 2).overflow == 2
     )
 
 

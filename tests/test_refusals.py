@@ -518,6 +518,14 @@ CASES: dict[str, Case] = {
         via="pass",
         shapes={"b": (2, 1, 3, 3)},  # (onnx's shape inference rejects the model)
     ),
+    "Mul first on an input of unknown channels": Case(
+        f"""{H17} g (float[2,C,5,5] x) => (float[2,6,5,5] y) {{
+          m = Mul (x, c)
+          b = BatchNormalization (m, gamma, beta, mean, var)
+          y = Conv (b, w) }}""",
+        "forward: the Mul input 'x' has an unknown number of channels, not 4",
+        params={"c": (1, 4, 1, 1), "w": (6, 4, 1, 1)},
+    ),
     "Identity without an input": Case(
         f"""{H17} g (float[2,4,3,3] x) => (float[2,4,3,3] y) {{
           i = Identity ()

@@ -450,3 +450,151 @@ def test_one_channel_bn_through_a_reshape_folds(rng, body, x, y, fold):
     shape = (2, 1, 3, 3) if forward else (2, 4)
     _, result = check_fold(model, {"x": rng.normal(0, 1, shape).astype(np.float32)})
     assert [f.fold for f in result.report.folded] == [fold]
+
+
+# ---------------------------------------------------------------- found by the final review
+
+
+def test_mul_that_broadcasts_a_smaller_input_is_not_a_per_channel_node(rng):
+    """Bug: x (1, 1, 4, 4) -> Mul c (1, 3, 1, 1) -> BN(3) -> Conv(3 -> 2): the Mul widens the
+    channel axis, but it was read as a per-channel node, the chain [Mul, BN] folded forward and
+    the Conv was left reading the 1-channel x (onnxruntime refused the output; a merge into
+    one BN gave a 3-channel BN on a 1-channel input). Fixed in elementwise.read_elementwise (a
+    constant with more values than the data has on that axis is not per-channel) and
+    AffineChain.input_refusal (forward folds and merges check the chain's input channels)."""
+    stats = bn_stats(rng, 3)
+    inits = {"c": rng.normal(0, 1, (1, 3, 1, 1)).astype(np.float32),
+             "W": rng.normal(0, 0.5, (2, 3, 1, 1)).astype(np.float32), **stats}  # fmt: skip
+    feeds = {"x": rng.normal(0, 1, (1, 1, 4, 4)).astype(np.float32)}
+    for tail, ops in (("y = Conv (b, W)", ["Mul", "Conv"]), ("y = Relu (b)", None)):
+        model = make_model(
+            f"""<ir_version: 8, opset_import: ["" : 17]>
+            g (float[1,1,4,4] x) => (float y) {{
+              m = Mul (x, c)
+              b = BatchNormalization (m, gamma, beta, mean, var)
+              {tail}
+            }}""",
+            inits,
+        )
+        folded, result = check_fold(model, feeds)
+        if ops is not None:  # the BN alone folds forward; the Mul stays
+            assert [n.op_type for n in folded.graph.node] == ops
+        else:
+            assert not result.report.folded
+
+
+def test_ir3_fold_in_a_subgraph_keeps_the_model_valid(rng):
+    """Bug: in an IR 3 model the new initializers of a fold inside an If branch stayed in the
+    branch without being its inputs ("in initializer but not in graph input"). Fixed in
+    engine._new_constant: with IR < 4 new tensors go into the main graph, as graph inputs,
+    and the subgraph reads them from the outer scope."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(tag):
+        stats = bn_stats(rng, 3)
+        inits = [
+            numpy_helper.from_array(rng.normal(0, 0.5, (3, 2, 1, 1)).astype(np.float32), f"W{tag}")
+        ]
+        inits += [numpy_helper.from_array(v, f"{k}{tag}") for k, v in stats.items()]
+        nodes = [
+            helper.make_node("Conv", ["x", f"W{tag}"], [f"c{tag}"]),
+            helper.make_node("BatchNormalization", [f"c{tag}", *(f"{k}{tag}" for k in stats)], [f"y{tag}"]),
+        ]  # fmt: skip
+        graph = helper.make_graph(
+            nodes, f"b{tag}", [], [helper.make_tensor_value_info(f"y{tag}", TensorProto.FLOAT, None)], inits
+        )  # fmt: skip
+        graph.input.extend(
+            helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits
+        )  # IR 3: initializers listed as inputs, in subgraphs too
+        return graph
+
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=branch("t"), else_branch=branch("e"))
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4]),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)], ir_version=3)
+    onnx.checker.check_model(model, full_check=True)
+    for cond in (True, False):
+        feeds = {"x": rng.normal(0, 1, (1, 2, 4, 4)).astype(np.float32), "cond": np.array(cond)}
+        check_fold(model, feeds, expect_folded=2)
+
+
+def test_backward_fold_across_graphs_is_refused(rng):
+    """Bug: a main-graph Conv read by a BN inside an If branch whose output is the BN's: the fold
+    pointed the branch output at the main-graph value ("Subgraph output is an outer scope value
+    being returned directly"). Fixed in backward.find_producer: a layer outside the chain's
+    graph is refused."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    stats = bn_stats(rng, 3)
+    inner = helper.make_graph(
+        [helper.make_node("BatchNormalization", ["c", *stats], ["yt"])], "then", [],
+        [helper.make_tensor_value_info("yt", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in stats.items()],
+    )  # fmt: skip
+    zeros = numpy_helper.from_array(np.zeros((1, 3, 4, 4), np.float32), "z")
+    other = helper.make_graph(
+        [helper.make_node("Constant", [], ["ye"], value=zeros)], "else", [],
+        [helper.make_tensor_value_info("ye", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+         helper.make_node("If", ["cond"], ["y"], then_branch=inner, else_branch=other)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4]),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [numpy_helper.from_array(rng.normal(0, 0.5, (3, 2, 1, 1)).astype(np.float32), "W")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = bnfold.fold(model)
+    assert not result.report.folded
+    assert "backward: the Conv 'conv' is outside the BN's graph" in reasons(result)
+
+
+def test_bn_in_an_if_inside_a_function_is_folded(rng):
+    """Bug: all_graphs left out the subgraphs inside function bodies: a Conv -> BN in an If
+    branch inside a model-local function was neither folded nor counted."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    stats = bn_stats(rng, 3)
+
+    def const(name, array):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array, name))
+
+    def branch(tag, fold):
+        body = [
+            const(f"w{tag}", rng.normal(0, 0.5, (3, 2, 1, 1)).astype(np.float32)),
+            helper.make_node("Conv", ["X", f"w{tag}"], [f"c{tag}"]),
+        ]
+        out = f"c{tag}"
+        if fold:
+            body += [const(f"{k}{tag}", v) for k, v in stats.items()]
+            body.append(helper.make_node("BatchNormalization", [f"c{tag}", *(f"{k}{tag}" for k in stats)], [f"b{tag}"]))  # fmt: skip
+            out = f"b{tag}"
+        body.append(helper.make_node("Identity", [out], [f"y{tag}"]))
+        return helper.make_graph(body, f"g{tag}", [], [helper.make_tensor_value_info(f"y{tag}", TensorProto.FLOAT, None)])  # fmt: skip
+
+    function = helper.make_function(
+        "local", "F", ["X", "C"], ["Y"],
+        [helper.make_node("If", ["C"], ["Y"], then_branch=branch("t", True), else_branch=branch("e", False))],
+        [helper.make_opsetid("", 17)],
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("F", ["x", "cond"], ["y"], domain="local")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4]),
+         helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+    )  # fmt: skip
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+        functions=[function],
+    )  # fmt: skip
+    for cond in (True, False):
+        feeds = {"x": rng.normal(0, 1, (1, 2, 4, 4)).astype(np.float32), "cond": np.array(cond)}
+        folded, result = check_fold(model, feeds, expect_folded=1)
+    assert result.report.bn_before == 1 and result.report.bn_after == 0
+    assert result.report.folded[0].graph == "function F"

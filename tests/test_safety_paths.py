@@ -4,6 +4,8 @@ locations found without parsing the model whole)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +169,59 @@ def test_plot_formats_come_from_matplotlib(tmp_path):
         check_output(Output("--plot", tmp_path / ok, "plot"))
     with pytest.raises(BadInputError, match=r"'\.xyz' is not an image format"):
         check_output(Output("--plot", tmp_path / "p.xyz", "plot"))
+
+
+# ---------------------------------------------------------------- found by the final review
+
+
+def _cli(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bnfold", *map(str, args)], capture_output=True, text=True
+    )
+
+
+def _cnn_inputs(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    np.savez(path, input=rng.standard_normal((1, 3, 16, 16)).astype(np.float32))
+    return path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("-o", "{out}", "--inputs", "{npz}", "--json", "{npz}"),  # the report over an --inputs file
+        ("-o", "{npz}", "--inputs", "{npz}"),  # the folded model over an --inputs file
+    ],
+)
+def test_fold_never_writes_over_its_verification_inputs(tmp_path, args):
+    """Bug: fold's guard did not know the --inputs files: both commands exited 0 and replaced
+    the .npz (check and bench knew them)."""
+    npz = _cnn_inputs(tmp_path / "x.npz")
+    before = npz.read_bytes()
+    filled = [a.format(out=tmp_path / "f.onnx", npz=npz) for a in args]
+    res = _cli("fold", MODELS / "cnn.onnx", *filled)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "would overwrite an input file" in res.stderr
+    assert npz.read_bytes() == before and not (tmp_path / "f.onnx").exists()
+
+
+def test_quantize_never_writes_over_its_calibration_data_or_the_models_data(tmp_path):
+    """Bug: quantize guarded --json against the model only, and -o with a plain path equality
+    of its own: --json over the calibration file, and -o over the model's external-data file,
+    both exited 0 and replaced the input. Now one paths.guard covers every output."""
+    zoo = MODELS / "zoo" / "mlp.onnx"
+    calib = tmp_path / "cal.npz"
+    x = np.random.default_rng(0).random((8, 1, 8, 8)).astype(np.float32)
+    np.savez(calib, input=x)
+    before = calib.read_bytes()
+    res = _cli("quantize", zoo, "-o", tmp_path / "q.onnx", "--calibration", calib,
+               "--json", calib)  # fmt: skip
+    assert res.returncode == 2 and "would overwrite an input file" in res.stderr, res.stderr
+    assert calib.read_bytes() == before
+    external = tmp_path / "ext.onnx"
+    onnx.save(onnx.load(zoo), external, save_as_external_data=True, location="ext.weights",
+              size_threshold=0)  # fmt: skip
+    data = (tmp_path / "ext.weights").read_bytes()
+    res = _cli("quantize", external, "-o", tmp_path / "ext.weights")
+    assert res.returncode == 2 and "would overwrite" in res.stderr, res.stderr
+    assert (tmp_path / "ext.weights").read_bytes() == data

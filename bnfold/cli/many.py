@@ -291,7 +291,13 @@ def run(plan: OutputPlan, job: Job, workers: int, flags: OutputFlags, report: Pa
     writes = [] if job.inspect or job.in_place else [paths.Output("--output-dir", o, "model")
                                                      for _, o in plan.items]  # fmt: skip
     extra = [output.json_output(flags), paths.Output("--report", report) if report else None]
-    paths.guard([*writes, *extra], models=[m for m, _ in plan.items])
+    from bnfold.api import verification_inputs
+
+    paths.guard(
+        [*writes, *extra],
+        models=[m for m, _ in plan.items],
+        files=verification_inputs(job.verify),
+    )
     stderr = Console(stderr=True)
     progress = Progress(
         "[progress.description]{task.description}",

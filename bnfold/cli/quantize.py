@@ -160,9 +160,11 @@ def quantize_command(
             thresholds=ProofThresholds(min_agreement, max_accuracy_drop, max_mean_error),
             force=force, provider=provider,
         )  # fmt: skip
-        paths.guard([cli_output.json_output(out_flags)], models=[model])
+        extra = [cli_output.json_output(out_flags)]
+        if report is not None:
+            extra.append(paths.Output("--report", report))
         try:
-            result = quantize_file(model, out, options)
+            result = quantize_file(model, out, options, also_writes=[o for o in extra if o])
         except VerificationError as exc:
             failed = exc.result
             if hasattr(failed, "to_dict") and hasattr(failed, "render"):

@@ -116,6 +116,24 @@ class AffineChain:
             )
         return total
 
+    def input_refusal(self, ctx: FoldContext) -> Refusal | None:
+        """Why the chain's input may not have the chain's channels, for folds that keep the
+        input as it is (forward, merge). A BatchNormalization first guarantees them (its input
+        is checked at load); a Mul/Add first could broadcast a smaller input."""
+        first = self.ops[0]
+        if first.is_batchnorm or first.axis is None:
+            return None
+        rank = ctx.rank(self.input)
+        shape = ctx.shape(self.input)
+        axis = first.axis if first.axis >= 0 or rank is None else first.axis + rank
+        dim = shape[axis] if shape is not None and 0 <= axis < len(shape) else None
+        if dim != self.channels:
+            return Refusal(
+                f"the {first.kind} input '{self.input.name}' has {dim if isinstance(dim, int) else 'an unknown number of'} "
+                f"channels, not {self.channels}"
+            )
+        return None
+
     def removal(self, keep: ir.Value, rename: bool) -> list[Remove]:
         """Edits that remove every member, last first; readers of the output read ``keep``."""
         return [Remove(node, keep, rename) for node in reversed(self.members)]

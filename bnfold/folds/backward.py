@@ -6,7 +6,8 @@ After:   y = Path(Layer'(x))           Layer'(x) = s * Layer(x) + t, per output 
 Conditions (checked here; the layer's own in its op module, the path's in trace.py):
 - the chain's channels reach the layer's output feature axis through the path, each feature
   belonging to one channel (e.g. an NCHW Reshape keeps axis 1);
-- the layer's output feeds only the path (or the chain) and is not a graph output;
+- the layer's output feeds only the path (or the chain) and is not a graph output, and the
+  layer is in the chain's graph (not an outer scope a subgraph reads);
 - a non-zero shift (or an existing bias) needs somewhere to go: the layer's bias, a MatMul's
   bias Add, or a rank-2 MatMul that becomes a Gemm.
 Formula: W'[o] = m * s[f(o)] * W[o],  b'[o] = s[f(o)] * b[o] + t[f(o)]  (f: feature -> channel,
@@ -21,7 +22,7 @@ import onnx_ir as ir
 from bnfold.arithmetic import Affine, fold_bias
 from bnfold.folds import layers
 from bnfold.folds.affine import AffineChain
-from bnfold.folds.common import sole_use_refusal
+from bnfold.folds.common import node_label, sole_use_refusal
 from bnfold.folds.context import FoldContext
 from bnfold.folds.edits import producer_edits
 from bnfold.folds.linear import Producer
@@ -43,6 +44,11 @@ def find_producer(
     refusal = sole_use_refusal(source.value, kind)
     if refusal:
         return refusal
+    user = next(iter(source.value.uses())).node
+    if producer.node.graph is not user.graph:
+        # a subgraph reading an outer-scope layer: folding would make the subgraph return (or
+        # read) that outer value renamed, which onnxruntime and onnx.checker refuse
+        return Refusal(f"the {kind} '{node_label(producer.node)}' is outside the BN's graph")
     return source, producer
 
 

@@ -39,8 +39,11 @@ class FoldOptions:
 
 
 def all_graphs(model: ir.Model) -> list[ir.Graph]:
-    """The main graph, every subgraph, and every model-local function body."""
-    return [*model.graphs(), *(function.graph for function in model.functions.values())]
+    """The main graph, every subgraph, every model-local function body and its subgraphs."""
+    graphs = list(model.graphs())
+    for function in model.functions.values():
+        graphs += [function.graph, *function.graph.subgraphs()]
+    return graphs
 
 
 class FoldContext:
@@ -50,7 +53,10 @@ class FoldContext:
         self.model = model
         self.options = options
         self.constants = ConstantResolver()
-        self.function_names = {id(f.graph): f.name for f in model.functions.values()}
+        # a function body and the subgraphs inside it -> the function's name
+        self.function_names = {
+            id(g): f.name for f in model.functions.values() for g in (f.graph, *f.graph.subgraphs())
+        }
         self.notes: list[str] = []
         self._names: set[str] = set()
         self._inferred: dict[ir.Value, ir.Shape] | None = None

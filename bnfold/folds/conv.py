@@ -32,7 +32,7 @@ from bnfold.folds.common import (
 from bnfold.folds.context import FoldContext
 from bnfold.folds.linear import BiasSlot, Consumer, Producer
 from bnfold.folds.plan import Refusal
-from bnfold.folds.trace import Use
+from bnfold.folds.trace import Use, channel_axis_features
 
 
 def producer(node: ir.Node, ctx: FoldContext) -> Producer | Refusal:
@@ -88,14 +88,9 @@ def consumer(use: Use, ctx: FoldContext) -> Consumer | Refusal:
     weight, bias = parts
     w = weight.array
     groups = int_attr(node, "group", 1)
-    cmap = use.cmap.normalized(w.ndim)
-    if isinstance(cmap, Refusal):
-        return cmap
-    if cmap.axis not in (None, 1):
-        return Refusal(f"the BN channels reach the Conv on axis {cmap.axis}, not its channel axis")
     if groups < 1 or w.shape[0] % groups:
         return Refusal(f"weight dim 0 ({w.shape[0]}) is not divisible by group={groups}")
-    index = cmap.features(int(w.shape[1]) * groups, None)
+    index = channel_axis_features(use, w.ndim, int(w.shape[1]) * groups, "Conv")
     if isinstance(index, Refusal):
         return index
     return Consumer(

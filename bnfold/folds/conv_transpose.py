@@ -23,7 +23,7 @@ from bnfold.folds.common import bias_vector, conv_weight_and_bias, int_attr, nod
 from bnfold.folds.context import FoldContext
 from bnfold.folds.linear import BiasSlot, Consumer, Producer
 from bnfold.folds.plan import Refusal
-from bnfold.folds.trace import Use
+from bnfold.folds.trace import Use, channel_axis_features
 
 _LAYOUT = "(Cin, Cout/group, k...)"
 
@@ -65,14 +65,7 @@ def consumer(use: Use, ctx: FoldContext) -> Consumer | Refusal:
         return parts
     weight, bias = parts
     w = weight.array
-    cmap = use.cmap.normalized(w.ndim)
-    if isinstance(cmap, Refusal):
-        return cmap
-    if cmap.axis not in (None, 1):
-        return Refusal(
-            f"the BN channels reach the ConvTranspose on axis {cmap.axis}, not its channel axis"
-        )
-    index = cmap.features(int(w.shape[0]), None)
+    index = channel_axis_features(use, w.ndim, int(w.shape[0]), "ConvTranspose")
     if isinstance(index, Refusal):
         return index
     groups = int_attr(node, "group", 1)

@@ -4,8 +4,9 @@ Before:  y = z * c   (or z + c, z - c, c - z, z / c)
 After:   folded like a BatchNormalization with (s, t) = (c, 0), (1, c), (1, -c), (-1, c), (1/c, 0)
 Conditions (checked here):
 - exactly one operand is constant; ``z / c`` only (``c / z`` is not affine);
-- ``c`` is floating point, has at most ``z``'s rank (broadcasting must not grow the output)
-  and varies along at most one axis (a scalar applies to every channel);
+- ``c`` is floating point, has at most ``z``'s rank and, along the axis it varies on, as many
+  values as ``z`` has there (broadcasting must not grow the output), and varies along at most
+  one axis (a scalar applies to every channel);
 - ``z / c``: no zero in ``c`` (refused with that reason).
 """
 
@@ -87,6 +88,11 @@ def read_elementwise(node: ir.Node, ctx: FoldContext) -> Elementwise | Refusal |
     axis = constant_axis(c, ctx.rank(data))
     if isinstance(axis, Refusal):
         return axis
+    if axis is not None and axis >= 0:
+        shape = ctx.shape(data)
+        dim = shape[axis] if shape is not None and axis < len(shape) else None
+        if isinstance(dim, int) and dim != c.size:
+            return None  # the constant broadcasts the data along that axis: not per-channel
     vec = c.astype(np.float64).reshape(-1)
     ones, zeros = np.ones(vec.size), np.zeros(vec.size)
     op = node.op_type

@@ -85,6 +85,9 @@ class Forward:
     def match(self, chain: AffineChain, ctx: FoldContext) -> Plan | Refusal | None:
         if not chain.has_batchnorm:
             return None
+        refusal = chain.input_refusal(ctx)
+        if refusal:
+            return refusal
         channels = chain.channels
         assert channels is not None  # a chain with a BN has its channel count
         affine = chain.affine(channels)

@@ -29,6 +29,9 @@ class Merge:
     def match(self, chain: AffineChain, ctx: FoldContext) -> Plan | Refusal | None:
         if len(chain.ops) < 2 or not chain.has_batchnorm:
             return None
+        refusal = chain.input_refusal(ctx)
+        if refusal:
+            return refusal
         bn = chain.batchnorms[0]
         channels = chain.channels
         assert channels is not None

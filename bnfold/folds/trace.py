@@ -69,6 +69,17 @@ class ChannelMap:
         return self.index
 
 
+def channel_axis_features(use: Use, rank: int, count: int, op: str) -> np.ndarray | Refusal:
+    """For a layer whose input channels are axis 1 (Conv, ConvTranspose): the chain channel of
+    each of its ``count`` input channels, or why the chain's channels reach another axis."""
+    cmap = use.cmap.normalized(rank)
+    if isinstance(cmap, Refusal):
+        return cmap
+    if cmap.axis not in (None, 1):
+        return Refusal(f"the BN channels reach the {op} on axis {cmap.axis}, not its channel axis")
+    return cmap.features(count, None)
+
+
 @dataclass(frozen=True, eq=False)
 class Source:
     """The node a chain's data comes from, with the path of shape-only ops in between."""

@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 
 import bnfold
+from bnfold import paths
 from bnfold.api import FoldResult
 from bnfold.atomic import atomic_path
 from bnfold.errors import BadInputError, UsageError, VerificationError
@@ -39,7 +40,7 @@ from bnfold.quantize.float_ops import FloatOps, float_ops
 from bnfold.quantize.prove import Proof, ProofThresholds, prove_int8
 from bnfold.quantize.types import QUANT_TYPES, QuantTypes, recommended_types
 from bnfold.verify import CheckOptions, check_models
-from bnfold.verify.inputs import InputInfo, session_inputs
+from bnfold.verify.inputs import InputInfo, npz_files, session_inputs
 from bnfold.verify.session import make_session, model_ref
 
 if TYPE_CHECKING:
@@ -290,13 +291,6 @@ def _check_exclude(
         raise BadInputError(path, f"--exclude {name}: no node of that name")
 
 
-def _check_paths(model: Path, output: Path, options: QuantizeOptions) -> None:
-    out = output.resolve()
-    for p in (model, *map(Path, options.calibration), *map(Path, options.eval)):
-        if p.resolve() == out:
-            raise UsageError(f"-o {output}: the output would overwrite an input ({p})")
-
-
 def _verify_fold(
     model: Path, folded: Path, batch: dict[str, np.ndarray], tmp: Path, provider: str
 ) -> dict[str, Any]:
@@ -320,8 +314,14 @@ def quantize_file(
     model: str | os.PathLike[str],
     output: str | os.PathLike[str],
     options: QuantizeOptions | None = None,
+    *,
+    also_writes: Sequence[paths.Output] = (),
 ) -> QuantizeResult:
     """Fold ``model``, quantize it to int8 with onnxruntime, prove it, write ``output``.
+
+    Before any work ``output`` (and its external-data file) and ``also_writes`` (the caller's
+    other outputs, e.g. a report) are checked against the model, its external data, the
+    calibration and evaluation files and each other (``bnfold.paths.guard``).
 
     Raises BadInputError / UsageError on bad input (nothing written) and VerificationError when
     the fold or the int8 proof fails (nothing written unless ``options.force``; the error's
@@ -330,7 +330,12 @@ def quantize_file(
     options = options or QuantizeOptions()
     options.validate()
     model, output = Path(model), Path(output)
-    _check_paths(model, output, options)
+    paths.guard(
+        [paths.Output("-o", output, "model"), *also_writes],
+        models=[model],
+        files=npz_files([*options.calibration, *options.eval]),
+        in_place_hint=False,
+    )
     start = time.perf_counter()
     timings: dict[str, float] = {}
     notes: list[str] = []
