@@ -52,6 +52,7 @@ class FoldResult:
         files = save_model(self.model, path, external_data=external_data, progress=progress)
         self.report.output = os.fspath(path)
         self.report.file_bytes_after = model_stats.files_bytes(files)
+        self.report.files_written = [os.fspath(f) for f in files]
         self.report.timings["save"] = time.perf_counter() - start
         return files
 
@@ -187,4 +188,5 @@ def fold_file(
         files = staged.commit()
     result.report.output = os.fspath(output)
     result.report.file_bytes_after = model_stats.files_bytes(files)
+    result.report.files_written = [os.fspath(f) for f in files]
     return result

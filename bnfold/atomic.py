@@ -19,7 +19,7 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 _STAGED: dict[Path, None] = {}  # temporary files and staging folders that exist now
@@ -99,6 +99,22 @@ def _remove_empty(folders: list[Path]) -> None:
     for d in folders:  # deepest first
         with contextlib.suppress(OSError):
             d.rmdir()
+
+
+def missing_folders(folders: Iterable[Path]) -> list[Path]:
+    """The folders (and parents) among ``folders`` that do not exist yet, deepest first."""
+    missing: set[Path] = set()
+    for folder in folders:
+        f = Path(os.path.abspath(folder))
+        while not f.exists() and f.parent != f:
+            missing.add(f)
+            f = f.parent
+    return sorted(missing, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove those of ``folders`` (deepest first) that are empty; leave the others."""
+    _remove_empty(folders)
 
 
 @contextlib.contextmanager

@@ -95,7 +95,12 @@ def guard(
             if not same_file(path, src) or (own and out.kind == "model"):
                 continue
             hint = ""
-            if out.kind == "model" and src == inputs[0][0] and in_place is None and in_place_hint:
+            if (
+                out.kind == "model"
+                and description == "the input model"
+                and in_place is None
+                and in_place_hint
+            ):
                 hint = "; pass --in-place to write over it"
             raise BadInputError(path, f"{name} would overwrite {description} ({src}){hint}")
     for i, (a, pa, na) in enumerate(writes):

@@ -117,6 +117,7 @@ class FoldReport:
     weights_after: int = 0
     file_bytes_before: int | None = None  # the model file(s) on disk
     file_bytes_after: int | None = None  # the files written
+    files_written: list[str] = field(default_factory=list)  # the model, then its external data
     inputs: list[dict[str, Any]] = field(default_factory=list)  # name, dtype, shape
     outputs: list[dict[str, Any]] = field(default_factory=list)
     initializer_inputs: int = 0  # IR < 4: graph inputs that are initializers (not listed)

@@ -293,7 +293,7 @@ def bench_many(models: Mapping[str, Any], options: BenchOptions | None = None) -
             for s in labels:
                 # one checked run first: an input onnxruntime rejects is a BadInputError (exit 2)
                 outputs = [o.name for o in sessions[s].get_outputs()]
-                run_feeds(sessions[s], side_feeds[s], outputs, sample.label)
+                run_feeds(sessions[s], side_feeds[s], outputs, sample.label, refs[s].path)
                 for _ in range(options.warmup):
                     sessions[s].run(None, side_feeds[s])
             rounds: dict[str, list[float]] = {s: [] for s in labels}

@@ -27,7 +27,7 @@ def main() -> None:
     from bnfold.atomic import exit_on_signals
 
     exit_on_signals()
-    app()
+    app(prog_name="bnfold")  # also under `python -m bnfold`
 
 
 __all__ = ["app", "main"]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.text import Text
 
-from bnfold import paths
+from bnfold import atomic, paths
 from bnfold.cli import output
 from bnfold.cli.verify_options import OutputFlags
 from bnfold.errors import BadInputError, UsageError
@@ -160,11 +160,11 @@ def plan_outputs(
 def work(job: Job) -> JobResult:
     """Fold (or inspect) one model; every failure becomes a result, never an exception."""
     from bnfold.api import fold, fold_file
-    from bnfold.cli.fold import unfolded_message
+    from bnfold.cli.fold import forced_message, unfolded_message
     from bnfold.errors import BnfoldError, VerificationError
 
     start = time.perf_counter()
-    out = None if job.inspect else str(job.output)
+    out = None  # set once the model is written
     report: FoldReport | None = None
     try:
         if job.inspect:
@@ -178,8 +178,11 @@ def work(job: Job) -> JobResult:
                 allow_initializer_inputs=job.allow_initializer_inputs, affine=job.affine,
                 forward=job.forward, in_place=job.in_place,
             ).report  # fmt: skip
+            out = report.output
         code, error = 0, None
-        if job.fail_if_unfolded and report.bn_after:
+        if report.forced:
+            code, error = 1, forced_message(job.model)
+        elif job.fail_if_unfolded and report.bn_after:
             code, error = 1, unfolded_message(report, job.model, written=not job.inspect)
     except VerificationError as exc:
         failed = getattr(exc.result, "report", None)
@@ -217,7 +220,7 @@ def _died(job: Job, process: BaseProcess, seconds: float) -> JobResult:
     code = process.exitcode
     how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
     return JobResult(
-        str(job.model), str(job.output), 2, f"{job.model}: the worker process died ({how})", None,
+        str(job.model), None, 2, f"{job.model}: the worker process died ({how})", None,
         seconds,
     )  # fmt: skip
 
@@ -317,8 +320,20 @@ def run(plan: OutputPlan, job: Job, workers: int, flags: OutputFlags, report: Pa
             if result.error and not flags.quiet:
                 print(f"bnfold: error: {result.error}", file=sys.stderr)
             output.show(flags, result_line(result))
+            for path in (result.report or {}).get("files_written", []):
+                output.wrote(flags, path)
 
-        results = run_jobs(jobs, workers, done)
+        # created by the workers, removed here when nothing was written in them (a worker
+        # cannot tell whether another still writes into a folder it found missing)
+        created = (
+            []
+            if job.inspect or job.in_place
+            else atomic.missing_folders(o.parent for _, o in plan.items)
+        )
+        try:
+            results = run_jobs(jobs, workers, done)
+        finally:
+            atomic.remove_empty(created)
     data = {
         "models": [r.to_dict() for r in results],
         "failed": [r.model for r in results if r.exit_code],
@@ -346,7 +361,7 @@ def result_line(result: JobResult) -> Text:
         verify = r.get("verify")
         if verify is not None:
             line.append(", verified" if verify.get("passed") else ", verification FAILED")
-        if result.output and not result.exit_code and result.output != result.model:
+        if result.output and result.output != result.model:
             line.append(f" -> {result.output}")
     elif result.error:
         line.append(": not folded")

@@ -6,6 +6,7 @@ torch is imported inside the command functions, so ``bnfold --help`` works witho
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -99,7 +100,6 @@ def train(
     """Train a zoo model on the bundled digits; write a checkpoint, metrics JSON and a curve PNG."""
     with cli_errors():
         api = _train_api()
-        paths.guard([paths.Output("--out", out, "folder")])
         if compare:
             if (
                 lr is not None
@@ -112,6 +112,7 @@ def train(
                     "--compare runs its own grid; drop --lr, --no-bn, --activation, "
                     "--bn-position, --bn-impl"
                 )
+            paths.guard(_outputs(out, [out / name for name in api.COMPARE_NAMES]))
             _run_compare(api, model or "mlp", epochs or 40, batch_size, seed, out)
             return
         config = api.TrainConfig(
@@ -125,6 +126,7 @@ def train(
             batch_size=batch_size,
             seed=seed,
         )
+        paths.guard(_outputs(out, api.train_paths(config, out)))
         with _progress() as progress:
             task = progress.add_task(f"training {config.model}", total=config.epochs, status="")
 
@@ -145,7 +147,16 @@ def train(
     )
     print(f"{config.model}: {summary} ({r.seconds:.1f} s)")
     for f in (files.checkpoint, files.metrics, files.curve):
-        print(f"  wrote {f}")
+        print(f"wrote {f}", file=sys.stderr)
+
+
+def _outputs(out: Path, files: Sequence[Path]) -> list[paths.Output | None]:
+    """The output folder and each file to be written in it, to guard before any work."""
+    kinds = {".png": "plot", ".onnx": "model"}
+    return [
+        paths.Output("--out", out, "folder"),
+        *(paths.Output("--out", f, kinds.get(f.suffix, "file")) for f in files),
+    ]
 
 
 def _run_compare(api, model: str, epochs: int, batch_size: int, seed: int, out: Path) -> None:
@@ -160,7 +171,7 @@ def _run_compare(api, model: str, epochs: int, batch_size: int, seed: int, out: 
         files = api.compare_to_dir(options, out, on_run=on_run)
     print(files.result.table())
     for f in (files.table, files.metrics, files.plot):
-        print(f"  wrote {f}")
+        print(f"wrote {f}", file=sys.stderr)
 
 
 @app.command()
@@ -183,6 +194,7 @@ def export(
         paths.guard(
             [paths.Output("-o", output, "model"), cli_output.json_output(out_flags)],
             files=[checkpoint],
+            in_place_hint=False,
         )
         result = api.export_checkpoint(checkpoint, output, opset=opset, dynamic_batch=dynamic_batch)
         cli_output.show(
@@ -225,7 +237,6 @@ def demo(
     int8 (prove and bench that too), and summarise."""
     with cli_errors():
         _train_api()
-        paths.guard([paths.Output("--out", out, "folder")])
         from bnfold.train.demo import STEPS, DemoOptions, run_demo
 
         if model is None:
@@ -233,6 +244,7 @@ def demo(
         options = DemoOptions(
             out_dir=out, quick=quick, model=model, seed=seed, bn_position=bn_position
         )
+        paths.guard(_outputs(out, options.paths()))
         with _progress() as progress:
             task = progress.add_task("demo", total=len(STEPS), status="")
 

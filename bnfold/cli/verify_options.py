@@ -7,6 +7,7 @@ runtime is loaded when a command validates or uses them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -117,7 +118,13 @@ class InputFlags(OptionGroup):
         """``--shape`` values as a dict."""
         from bnfold.verify.inputs import parse_shape
 
-        return dict(parse_shape(v) for v in self.shape or [])
+        out: dict[str, tuple[int, ...]] = {}
+        for text in self.shape or []:
+            name, dims = parse_shape(text)
+            if name in out:
+                raise UsageError(f"--shape {name}=... is given twice")
+            out[name] = dims
+        return out
 
     def apply(self, settings: RunSettings) -> None:
         """Set the shared input and provider settings of ``settings`` from these flags."""
@@ -190,12 +197,14 @@ class CompareFlags(OptionGroup):
             name, _, tols = text.rpartition("=")
             try:
                 atol, rtol = (float(t) for t in tols.split(","))
-                if not name or atol < 0 or rtol < 0:
+                if not name or not (0 <= atol < math.inf and 0 <= rtol < math.inf):
                     raise ValueError
             except ValueError:
                 raise UsageError(
-                    f"--output-tol {text!r}: expected NAME=ATOL,RTOL with both >= 0"
+                    f"--output-tol {text!r}: expected NAME=ATOL,RTOL with both finite and >= 0"
                 ) from None
+            if name in out:
+                raise UsageError(f"--output-tol {name}=... is given twice")
             out[name] = (atol, rtol)
         return out
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bnfold.errors import UsageError
+from bnfold.errors import BadInputError, UsageError
 from bnfold.quantize.data import Dataset
 from bnfold.verify.session import make_session, model_ref, run_feeds
 
@@ -131,8 +131,9 @@ def prove_int8(
     thresholds.validate()
     if not data.batches:
         raise UsageError("no evaluation data")
-    ref = make_session(model_ref(fp32, "fp32"), provider=provider, opt_level="disable")
-    cand = make_session(model_ref(int8, "int8"), provider=provider, opt_level=int8_level)
+    fp32_ref, int8_ref = model_ref(fp32, "fp32"), model_ref(int8, "int8")
+    ref = make_session(fp32_ref, provider=provider, opt_level="disable")
+    cand = make_session(int8_ref, provider=provider, opt_level=int8_level)
     names = [o.name for o in ref.get_outputs()]
     missing = [n for n in names if n not in {o.name for o in cand.get_outputs()}]
     if missing:
@@ -141,8 +142,8 @@ def prove_int8(
     cands: dict[str, list[np.ndarray]] = {n: [] for n in names}
     labels: list[np.ndarray] = []
     for batch in data.batches:
-        r = run_feeds(ref, batch.feeds, names, batch.label)
-        c = run_feeds(cand, batch.feeds, names, batch.label)
+        r = run_feeds(ref, batch.feeds, names, batch.label, fp32_ref.path)
+        c = run_feeds(cand, batch.feeds, names, batch.label, int8_ref.path)
         for n in names:
             refs[n].append(r[n])
             cands[n].append(c[n])
@@ -171,6 +172,7 @@ def prove_int8(
             max_rel_range=float(err.max()) / span if span > 0 and err.size else 0.0,
         )
         if classifier:
+            _check_labels(data, a.shape[1])
             top_a, top_b = a.argmax(axis=1), b.argmax(axis=1)
             out.agreement = float((top_a == top_b).mean())
             if y is not None and len(y) == len(top_a):
@@ -179,6 +181,19 @@ def prove_int8(
         proof.outputs.append(out)
     _judge(proof)
     return proof
+
+
+def _check_labels(data: Dataset, classes: int) -> None:
+    """Labels must be class ids of the classifier's output, or accuracy means nothing."""
+    for batch in data.batches:
+        y = batch.labels
+        if y is not None and y.size and (y.min() < 0 or y.max() >= classes):
+            source = batch.label.split("[", 1)[0]
+            raise BadInputError(
+                source,
+                f"labels must be class ids 0..{classes - 1} (the model has {classes} classes), "
+                f"got {int(y.min())}..{int(y.max())}",
+            )
 
 
 def _judge(proof: Proof) -> None:

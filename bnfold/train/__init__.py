@@ -19,12 +19,20 @@ from bnfold.train.export import (
     export_checkpoint,
     export_model,
 )
-from bnfold.train.outputs import CompareFiles, TrainFiles, compare_to_dir, train_to_dir
+from bnfold.train.outputs import (
+    COMPARE_NAMES,
+    CompareFiles,
+    TrainFiles,
+    compare_to_dir,
+    train_paths,
+    train_to_dir,
+)
 from bnfold.train.plots import write_compare_plot, write_training_curve
 from bnfold.train.training import EpochStats, TrainConfig, TrainResult, evaluate, train
 from bnfold.train.zoo import MODEL_NAMES, build_model, count_batchnorms
 
 __all__ = [
+    "COMPARE_NAMES",
     "DEFAULT_OPSET",
     "MODEL_NAMES",
     "BatchNorm1d",
@@ -55,6 +63,7 @@ __all__ = [
     "save_checkpoint",
     "split_digits",
     "train",
+    "train_paths",
     "train_to_dir",
     "write_compare_plot",
     "write_training_curve",

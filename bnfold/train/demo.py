@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from bnfold.train.data import split_digits
 from bnfold.train.export import export_model
-from bnfold.train.outputs import train_to_dir, write_json
+from bnfold.train.outputs import train_paths, train_to_dir, write_json
 from bnfold.train.training import TARGET_ACCURACY, TrainConfig
 
 __all__ = ["STEPS", "DemoOptions", "DemoResult", "run_demo"]
@@ -57,6 +57,18 @@ class DemoOptions:
             lr=0.1,
             bn_position=self.bn_position,
         )
+
+    def paths(self) -> list[Path]:
+        """Every file the demo writes in ``out_dir``."""
+        out = Path(self.out_dir)
+        return [
+            *train_paths(self.train_config(), out),
+            out / f"{self.model}.onnx",
+            out / f"{self.model}.folded.onnx",
+            out / "bench.png",
+            out / f"{self.model}.int8.onnx",
+            out / "demo_report.json",
+        ]
 
     def bench_options(self):
         from bnfold.bench import BenchOptions
@@ -322,7 +334,7 @@ def run_demo(
     }
     done("train")
 
-    before, after = out / f"{options.model}.onnx", out / f"{options.model}.folded.onnx"
+    _, _, _, before, after, bench_plot, int8, report = options.paths()
     result.export = export_model(files.result.model, before, dynamic_batch=True).to_dict()
     result.files["onnx_before"] = str(before)
     done("export")
@@ -345,7 +357,6 @@ def run_demo(
 
     bench = bench_models(before, after, options.bench_options())
     result.bench = bench.to_dict()
-    bench_plot = out / "bench.png"
     write_plot(bench, bench_plot)
     result.files["bench_plot"] = str(bench_plot)
     done("bench")
@@ -353,7 +364,6 @@ def run_demo(
     from bnfold.quantize import QuantizeOptions, quantize_file
     from bnfold.quantize.compare import BNFOLD, compare_int8, ort_variants
 
-    int8 = out / f"{options.model}.int8.onnx"
     quantized = quantize_file(before, int8, QuantizeOptions(force=True))
     result.quantize = quantized.to_dict()
     result.files["onnx_int8"] = str(int8)
@@ -370,7 +380,6 @@ def run_demo(
     result.bench_int8 = comparison.to_dict()
     done("bench int8")
 
-    report = out / "demo_report.json"
     result.files["report"] = str(report)
     result.timings["total"] = round(time.perf_counter() - start, 3)
     write_json(result.to_dict(), report)

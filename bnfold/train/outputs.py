@@ -13,7 +13,18 @@ from bnfold.train.compare import CompareOptions, CompareResult, CompareRun, run_
 from bnfold.train.plots import write_compare_plot, write_training_curve
 from bnfold.train.training import EpochStats, TrainConfig, TrainResult, train
 
-__all__ = ["CompareFiles", "TrainFiles", "compare_to_dir", "run_name", "train_to_dir", "write_json"]
+__all__ = [
+    "COMPARE_NAMES",
+    "CompareFiles",
+    "TrainFiles",
+    "compare_to_dir",
+    "run_name",
+    "train_paths",
+    "train_to_dir",
+    "write_json",
+]
+
+COMPARE_NAMES = ("compare.md", "compare.json", "compare.png")  # what compare_to_dir writes
 
 
 def write_json(data: dict, path: str | os.PathLike) -> Path:
@@ -33,6 +44,12 @@ def run_name(config: TrainConfig) -> str:
     return "-".join(parts)
 
 
+def train_paths(config: TrainConfig, out_dir: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """The checkpoint, metrics JSON and curve PNG ``train_to_dir`` writes."""
+    out, stem = Path(out_dir), run_name(config)
+    return out / f"{stem}.pt", out / f"{stem}.metrics.json", out / f"{stem}.curve.png"
+
+
 @dataclass(frozen=True)
 class TrainFiles:
     result: TrainResult
@@ -47,14 +64,13 @@ def train_to_dir(
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainFiles:
     """Train, then write ``NAME.pt``, ``NAME.metrics.json`` and ``NAME.curve.png`` in ``out_dir``."""
-    out = Path(out_dir)
+    checkpoint, metrics, curve = train_paths(config, out_dir)
     result = train(config, on_epoch=on_epoch)
-    stem = run_name(config)
     return TrainFiles(
         result,
-        save_checkpoint(result, out / f"{stem}.pt"),
-        write_json(result.to_dict(), out / f"{stem}.metrics.json"),
-        write_training_curve(result, out / f"{stem}.curve.png"),
+        save_checkpoint(result, checkpoint),
+        write_json(result.to_dict(), metrics),
+        write_training_curve(result, curve),
     )
 
 
@@ -75,11 +91,11 @@ def compare_to_dir(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = run_compare(options, on_run=on_run)
-    table = out / "compare.md"
+    table, metrics, plot = (out / name for name in COMPARE_NAMES)
     atomic.write_text(table, result.table() + "\n")
     return CompareFiles(
         result,
         table,
-        write_json(result.to_dict(), out / "compare.json"),
-        write_compare_plot(result, out / "compare.png"),
+        write_json(result.to_dict(), metrics),
+        write_compare_plot(result, plot),
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,8 +69,13 @@ class CheckOptions(RunSettings):
                 f"--tolerance-mode must be one of {', '.join(MODES)}, not {self.mode!r}"
             )
         for name, value in (("--atol", self.atol), ("--rtol", self.rtol)):
-            if value is not None and value < 0:
-                raise UsageError(f"{name} must be >= 0, not {value}")
+            if value is not None and not 0 <= value < math.inf:
+                raise UsageError(f"{name} must be finite and >= 0, not {value}")
+        for output, (atol, rtol) in self.per_output.items():
+            if not (0 <= atol < math.inf and 0 <= rtol < math.inf):
+                raise UsageError(
+                    f"--output-tol {output}={atol},{rtol}: both must be finite and >= 0"
+                )
         if self.samples < 0:
             raise UsageError(f"--samples must be >= 0, not {self.samples}")
         check_opt_level(self.opt_level)
@@ -202,8 +209,10 @@ class CheckResult:
         return render_check(self)
 
 
-def _run_all(session, sets: list[InputSet], names: list[str]) -> list[dict[str, np.ndarray]]:
-    return [run_feeds(session, s.feeds, names, s.label) for s in sets]
+def _run_all(
+    session, sets: list[InputSet], names: list[str], model: Path | None = None
+) -> list[dict[str, np.ndarray]]:
+    return [run_feeds(session, s.feeds, names, s.label, model) for s in sets]
 
 
 def _pair_outputs(
@@ -262,7 +271,7 @@ def _calibrate(
     other = "all" if options.opt_level != "all" else "disable"
     session = open_session(ref, options.session(other))
     names = [o.name for o in outputs]
-    alt_runs = _run_all(session, sets, names)
+    alt_runs = _run_all(session, sets, names, ref.path)
     for out in outputs:
         dtype = np.dtype(out.dtype)
         if out.problem or is_text(dtype):
@@ -300,19 +309,19 @@ def check_models(
     ref_names = [o.name for o in ref_sess.get_outputs()]
     options.check_output_names(ref_names)
     sets, notes = input_sets(infos, options, samples=options.samples, model=ref.path)
-    ref_runs = _run_all(ref_sess, sets, ref_names)
+    ref_runs = _run_all(ref_sess, sets, ref_names, ref.path)
     del ref_sess  # frees its weights before the candidate's are loaded
     cand_sess = open_session(cand, session)
     ref_types = {i.name: i.type for i in infos}
     for i in session_inputs(cand_sess):
         if ref_types.get(i.name) != i.type:
             raise BadInputError(
-                None,
+                cand.path,
                 f"candidate input {i.name!r} ({i.type}) is not an input of the reference "
                 f"(reference inputs: {', '.join(f'{k} ({v})' for k, v in ref_types.items())})",
             )
     pairs = _pair_outputs(ref_names, [o.name for o in cand_sess.get_outputs()], notes)
-    cand_runs = _run_all(cand_sess, sets, [p[1] for p in pairs])
+    cand_runs = _run_all(cand_sess, sets, [p[1] for p in pairs], cand.path)
     del cand_sess
     precision = compute_precision(ref.load(with_external_data=False))
     outputs = [_compare_output(r, c, ref_runs, cand_runs, options, precision) for r, c in pairs]

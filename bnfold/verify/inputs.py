@@ -71,12 +71,14 @@ def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
         if not sep or not name:
             raise ValueError
         shape = tuple(int(d) for d in dims.lower().split("x")) if dims else ()
-        if any(d < 0 for d in shape):
-            raise ValueError
     except ValueError:
         raise UsageError(
             f"--shape {text!r}: expected NAME=1x3x224x224 (an input) or DIM=8 (a symbolic dim)"
         ) from None
+    if any(d < 1 for d in shape):
+        raise UsageError(
+            f"--shape {text!r}: every dim must be >= 1 (an empty input proves nothing)"
+        )
     return name, shape
 
 

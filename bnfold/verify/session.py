@@ -173,15 +173,16 @@ def run_feeds(
     feeds: Mapping[str, np.ndarray],
     names: Sequence[str],
     label: str,
+    model: str | os.PathLike | None = None,
 ) -> dict[str, np.ndarray]:
     """Run ``session`` for outputs ``names`` on the feeds it takes (others are left out); a
     sequence output comes back as its tensors flattened into one array. A failure is a
-    BadInputError naming the input set ``label``."""
+    BadInputError naming the model file and the input set ``label``."""
     try:
         values = session.run(list(names), session_feeds(session, feeds))
     except Exception as exc:  # onnxruntime raises its own exception types
         raise BadInputError(
-            None, f"onnxruntime failed on input set {label}: {_first_line(exc)}"
+            model, f"onnxruntime failed on input set {label}: {_one_line(exc)}"
         ) from exc
     return {n: _flat(v) for n, v in zip(names, values, strict=True)}
 
@@ -204,3 +205,10 @@ def _flat(value: Any) -> np.ndarray:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """onnxruntime's whole message on one line (its detail, e.g. which dim, is on later
+    lines), cut at ``limit`` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

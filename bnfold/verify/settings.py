@@ -61,6 +61,13 @@ class RunSettings:
             raise UsageError(f"--threads must be >= 1, not {self.threads}")
         if self.max_input_bytes < 1:
             raise UsageError(f"--max-input-mib must be >= 1, not {self.max_input_bytes}")
+        for name, dims in self.shapes.items():
+            if any(int(d) < 1 for d in dims):
+                shape = "x".join(str(d) for d in dims)
+                raise UsageError(
+                    f"--shape {name}={shape}: every dim must be >= 1 "
+                    "(an empty input proves nothing)"
+                )
         lo, hi = self.int_range
         if lo > hi:
             raise UsageError(f"--int-range {lo} {hi}: low is above high")

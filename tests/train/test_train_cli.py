@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import onnx  # noqa: E402
+from cli_helpers import cli  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from bnfold.cli import app  # noqa: E402
@@ -88,6 +89,51 @@ def test_bad_options_and_files_exit_2(tmp_path):
     bogus.write_bytes(b"not a checkpoint")
     assert invoke("export", bogus, "-o", tmp_path / "x.onnx").exit_code == 2
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_train_confirms_each_file_on_stderr(tmp_path):
+    res = invoke("train", "--model", "mlp", "--epochs", "1", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    wrote = [line for line in res.stderr.splitlines() if line.startswith("wrote ")]
+    assert wrote == [
+        f"wrote {tmp_path / f'mlp{s}'}" for s in (".pt", ".metrics.json", ".curve.png")
+    ]
+    assert "wrote" not in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "blocked"),
+    [
+        (["train", "--model", "mlp", "--epochs", "1"], "mlp.pt"),
+        (["train", "--model", "mlp", "--epochs", "1"], "mlp.curve.png"),
+        (["train", "--compare", "--epochs", "1"], "compare.json"),
+        (["demo", "--quick"], "bench.png"),
+        (["demo", "--quick"], "digits_cnn.folded.onnx"),
+    ],
+)
+def test_every_file_is_checked_before_training(tmp_path, command, blocked):
+    """Only the folder was checked: training ran, then the write failed naming a temp file."""
+    out = tmp_path / "out"
+    (out / blocked).mkdir(parents=True)
+    res = cli(*command, "--out", out)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"bnfold: error: {out / blocked}: --out names a folder, not a file"
+    ]
+    assert [p.name for p in out.iterdir()] == [blocked]
+
+
+def test_export_over_its_checkpoint_does_not_suggest_in_place(tmp_path):
+    """export has no --in-place, yet its error told the user to pass it."""
+    res = invoke("train", "--model", "mlp", "--epochs", "1", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    ckpt = tmp_path / "mlp.pt"
+    before = ckpt.read_bytes()
+    res = invoke("export", ckpt, "-o", ckpt)
+    assert res.exit_code == 2
+    assert "would overwrite an input file" in res.stderr
+    assert "--in-place" not in res.stderr
+    assert ckpt.read_bytes() == before
 
 
 def test_demo_quick_end_to_end(tmp_path):
