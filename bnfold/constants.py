@@ -120,6 +120,8 @@ class ConstantResolver:
 
 def _constant_node_value(node: ir.Node) -> np.ndarray | None:
     for key, attr in node.attributes.items():
+        if attr.is_ref():  # `value_float = @x` in a function body: a value per call
+            return None
         if key == "value":
             return attr.as_tensor().numpy()
         if key == "value_float":

@@ -26,6 +26,7 @@ from bnfold.folds.plan import (
     Operand,
     Plan,
     Refusal,
+    Refused,
     Remove,
     ReplaceNode,
     ScaledWeight,
@@ -96,7 +97,11 @@ class FoldPass(ir.passes.InPlacePass):
 
 def _fold_at(node: ir.Node, ctx: FoldContext) -> list[Folded] | tuple[list[str], str] | None:
     """Fold the chain that starts at ``node``: its report entries, or (BN labels, why not)."""
-    chain = folds.anchor(node, ctx)
+    try:
+        chain = folds.anchor(node, ctx)
+    except Refused as exc:
+        is_bn = is_op(node, "BatchNormalization")
+        return ([node_label(node)], exc.refusal.reason) if is_bn else None
     if chain is None:
         return None
     if isinstance(chain, Refusal):
@@ -105,7 +110,10 @@ def _fold_at(node: ir.Node, ctx: FoldContext) -> list[Folded] | tuple[list[str],
     for fold in folds.REGISTRY:
         if not fold.enabled(ctx):
             continue
-        result = fold.match(chain, ctx)
+        try:
+            result = fold.match(chain, ctx)
+        except Refused as exc:
+            result = exc.refusal
         if result is None:
             continue
         if isinstance(result, Plan):
@@ -124,8 +132,9 @@ def _fold_at(node: ir.Node, ctx: FoldContext) -> list[Folded] | tuple[list[str],
 
 
 def _check(plan: Plan, ctx: FoldContext) -> Refusal | None:
-    """What the engine refuses in any plan: new tensors that do not fit their dtype, and a
-    function body that would grow (its new tensors are Constant nodes)."""
+    """What the engine refuses in any plan: new tensors that do not fit their dtype, a
+    function body that would grow (its new tensors are Constant nodes), and a graph output
+    taken over by a value from outside its graph."""
     for value in plan.new_values():
         if isinstance(value, ScaledWeight):
             problem = scaled_weight_problem(
@@ -141,7 +150,27 @@ def _check(plan: Plan, ctx: FoldContext) -> Refusal | None:
     graph = plan.into[0].graph
     if ctx.is_function_graph(graph) and not _keeps_node_count(plan):
         return Refusal("in a function body the fold would add Constant nodes")
+    for edit in plan.edits:
+        if isinstance(edit, Remove) and (refusal := _output_refusal(edit)) is not None:
+            return refusal
     return None
+
+
+def _output_refusal(edit: Remove) -> Refusal | None:
+    """A graph output may only be taken over by a value computed in that same graph: an outer
+    value (or a graph input) returned directly is invalid in a subgraph and renames an output
+    of the main graph."""
+    out = edit.node.outputs[0]
+    if not out.is_graph_output():
+        return None
+    producer = edit.keep.producer()
+    if producer is not None and producer.graph is edit.node.graph:
+        return None
+    source = "a graph input" if producer is None else "computed in an enclosing graph"
+    return Refusal(
+        f"its output '{out.name}' is a graph output and the value that would take its place, "
+        f"'{edit.keep.name}', is {source}"
+    )
 
 
 def _keeps_node_count(plan: Plan) -> bool:
@@ -251,6 +280,7 @@ def _replace(
     graph.insert_before(old, new)
     for before, after in zip(old.outputs, new.outputs, strict=True):
         name, type_, shape = before.name, before.type, before.shape
+        ctx.carry_shape(before, after)
         before.replace_all_uses_with(after, replace_graph_outputs=True)
         before.name = None
         after.name = name

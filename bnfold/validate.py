@@ -384,6 +384,8 @@ def _producer_channels(
         channels = _conv_channels(producer, main_inputs)
     elif op == "Gemm" and weight is not None and len(weight) == 2:
         trans = producer.attributes.get("transB")
+        if trans is not None and trans.is_ref():
+            return None, None
         channels = _static_dim(weight, 0 if trans is not None and trans.as_int() else 1)
     if channels is None:
         return None, None
@@ -399,6 +401,8 @@ def _conv_channels(node: ir.Node, main_inputs: set[int]) -> int | None:
         return _static_dim(weight, 0)
     per_group = _static_dim(weight, 1)
     group = node.attributes.get("group")
+    if group is not None and group.is_ref():
+        return None  # a function attribute: known per call
     groups = int(group.as_int()) if group is not None else 1
     return per_group * groups if per_group is not None and groups > 0 else None
 
@@ -417,8 +421,12 @@ def _check_conv_bias(node: ir.Node, main_inputs: set[int], where: str, path: Pat
         )
 
 
-def _attr_int(node: ir.Node, name: str, default: int) -> int:
+def _attr_int(node: ir.Node, name: str, default: int) -> int | None:
+    """The attribute's value, ``default`` when absent, None when it refers to a function
+    attribute."""
     attr = node.attributes.get(name)
+    if attr is not None and attr.is_ref():
+        return None
     return default if attr is None else int(attr.as_int())
 
 
@@ -431,8 +439,11 @@ def _check_matmul(node: ir.Node, main_inputs: set[int], where: str, path: PathLa
                 raise BadInputError(
                     path, f"{label}: {name} has shape {_text(shape)}, Gemm needs rank 2"
                 )
-        ka = _static_dim(a, 0 if _attr_int(node, "transA", 0) else 1)
-        kb = _static_dim(b, 1 if _attr_int(node, "transB", 0) else 0)
+        trans_a, trans_b = _attr_int(node, "transA", 0), _attr_int(node, "transB", 0)
+        if trans_a is None or trans_b is None:
+            return  # function attributes: known per call
+        ka = _static_dim(a, 0 if trans_a else 1)
+        kb = _static_dim(b, 1 if trans_b else 0)
     else:
         if (a is not None and len(a) == 0) or (b is not None and len(b) == 0):
             raise BadInputError(path, f"{label}: MatMul operands cannot be scalars")

@@ -27,7 +27,7 @@ from bnfold.folds.batchnorm import read_batchnorm
 from bnfold.folds.common import input_at, is_op, node_label
 from bnfold.folds.context import FoldContext
 from bnfold.folds.elementwise import ELEMENTWISE_OPS, read_elementwise
-from bnfold.folds.plan import Refusal, Remove
+from bnfold.folds.plan import Refusal, Refused, Remove
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,9 +119,10 @@ class AffineChain:
     def input_refusal(self, ctx: FoldContext) -> Refusal | None:
         """Why the chain's input may not have the chain's channels, for folds that keep the
         input as it is (forward, merge). A BatchNormalization first guarantees them (its input
-        is checked at load); a Mul/Add first could broadcast a smaller input."""
-        first = self.ops[0]
-        if first.is_batchnorm or first.axis is None:
+        is checked at load); a Mul/Add first could broadcast a smaller input (scalars before
+        it do not change the shape)."""
+        first = next((op for op in self.ops if op.is_batchnorm or op.axis is not None), None)
+        if first is None or first.is_batchnorm or first.axis is None:
             return None
         rank = ctx.rank(self.input)
         shape = ctx.shape(self.input)
@@ -149,6 +150,13 @@ class AffineChain:
 
 def read_op(node: ir.Node, ctx: FoldContext) -> AffineOp | Refusal | None:
     """``node`` as an affine node, a refusal (a BN that cannot fold), or None."""
+    try:
+        return _read_op(node, ctx)
+    except Refused as exc:  # an attribute that refers to a function attribute
+        return exc.refusal if is_op(node, "BatchNormalization") else None
+
+
+def _read_op(node: ir.Node, ctx: FoldContext) -> AffineOp | Refusal | None:
     if is_op(node, "BatchNormalization"):
         bn = read_batchnorm(node, ctx)
         if isinstance(bn, Refusal):
@@ -209,6 +217,9 @@ def _next(value: ir.Value) -> tuple[list[ir.Node], ir.Node | None, ir.Value]:
     ids: list[ir.Node] = []
     while not value.is_graph_output() and len(value.uses()) == 1:
         node, _ = next(iter(value.uses()))
+        producer = value.producer()
+        if producer is not None and node.graph is not producer.graph:
+            return ids, None, value  # read in a subgraph: a chain stays in one graph
         if not is_op(node, "Identity"):
             return ids, node, value
         ids.append(node)
@@ -222,6 +233,9 @@ def _previous(value: ir.Value) -> tuple[list[ir.Node], ir.Node | None]:
     ids: list[ir.Node] = []
     while not value.is_graph_output() and len(value.uses()) == 1:
         node = value.producer()
+        reader, _ = next(iter(value.uses()))
+        if node is not None and node.graph is not reader.graph:
+            return ids[::-1], None  # made in an enclosing graph: a chain stays in one graph
         data = None if node is None else input_at(node, 0)
         if not is_op(node, "Identity") or node is None or data is None:
             return ids[::-1], node  # (an Identity without input is no part of a chain)

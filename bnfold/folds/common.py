@@ -8,7 +8,7 @@ import numpy as np
 import onnx_ir as ir
 
 from bnfold.folds.context import FoldContext
-from bnfold.folds.plan import Refusal
+from bnfold.folds.plan import Refusal, Refused
 
 # Folded weights larger than this are computed when written, one tensor at a time.
 LAZY_BYTES = 1 << 20
@@ -31,23 +31,37 @@ def node_label(node: ir.Node) -> str:
     return f"{node.op_type}({out})" if out else node.op_type
 
 
-def int_attr(node: ir.Node, name: str, default: int) -> int:
+def attribute(node: ir.Node, name: str) -> ir.Attr | None:
+    """``node``'s attribute ``name``; one that refers to a function attribute (``@name`` in a
+    function body) has a value only per call, so the fold is refused (raises Refused)."""
     attr = node.attributes.get(name)
+    if attr is not None and attr.is_ref():
+        raise Refused(
+            Refusal(
+                f"the {node.op_type} '{node_label(node)}' attribute '{name}' refers to the "
+                f"function attribute '{attr.ref_attr_name}'"
+            )
+        )
+    return attr
+
+
+def int_attr(node: ir.Node, name: str, default: int) -> int:
+    attr = attribute(node, name)
     return default if attr is None else int(attr.as_int())
 
 
 def float_attr(node: ir.Node, name: str, default: float) -> float:
-    attr = node.attributes.get(name)
+    attr = attribute(node, name)
     return default if attr is None else float(attr.as_float())
 
 
 def ints_attr(node: ir.Node, name: str) -> list[int] | None:
-    attr = node.attributes.get(name)
+    attr = attribute(node, name)
     return None if attr is None else [int(i) for i in attr.as_ints()]
 
 
 def str_attr(node: ir.Node, name: str, default: str) -> str:
-    attr = node.attributes.get(name)
+    attr = attribute(node, name)
     return default if attr is None else str(attr.as_string())
 
 

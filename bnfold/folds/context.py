@@ -121,6 +121,12 @@ class FoldContext:
             self._inferred = self._infer()
         return self._inferred.get(value)
 
+    def carry_shape(self, old: ir.Value, new: ir.Value) -> None:
+        """``new`` takes the place of ``old`` (a replaced node's output): it has the shape
+        inference gave ``old``, so later folds in this walk see it too."""
+        if self._inferred is not None and old in self._inferred:
+            self._inferred[new] = self._inferred[old]
+
     def rank(self, value: ir.Value | None) -> int | None:
         """The rank of ``value``: from its (inferred) shape, else from the ops before it."""
         shape = self.shape(value)

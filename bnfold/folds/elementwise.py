@@ -55,7 +55,7 @@ def constant_axis(c: np.ndarray, rank: int | None) -> int | None | Refusal:
             return Refusal(
                 f"a constant of rank {c.ndim} would broadcast the output to a higher rank"
             )
-        if rank is None and c.ndim > 1:
+        if rank is None and c.ndim > 0:  # (1,) would raise a rank-0 input to rank 1
             return Refusal("the output rank is unknown, so the constant's axis cannot be checked")
         return None
     varying = [i for i, d in enumerate(c.shape) if d != 1]

@@ -65,10 +65,10 @@ def bias_add(matmul: ir.Node, ctx: FoldContext) -> tuple[ir.Node, int, np.ndarra
         return None
     c = np.asarray(c)
     m = weight.shape[1]
-    if c.size not in (1, m) or (c.size == m and c.shape[-1] != m) or c.dtype.kind != "f":
+    if c.size not in (1, m) or (c.size == m and c.ndim and c.shape[-1] != m) or c.dtype.kind != "f":
         return None
     rank = ctx.rank(out)
-    if rank is not None and c.ndim > rank:
+    if c.ndim > (1 if rank is None else rank):  # the Add would raise the output's rank
         return None
     return add, 1 - index, np.broadcast_to(c.astype(np.float64).reshape(-1), (m,)).copy()
 
@@ -87,8 +87,8 @@ def owns(add: ir.Node, ctx: FoldContext) -> ir.Node | None:
 def _rank(node: ir.Node, ctx: FoldContext) -> int | None:
     rank = ctx.rank(node.outputs[0])
     if rank is None:
-        a_rank = ctx.rank(node.inputs[0])
-        rank = None if a_rank is None else max(a_rank, 2)
+        a_rank = ctx.rank(node.inputs[0])  # B is 2-D: the output has A's rank (a vector A: 1)
+        rank = None if a_rank is None else max(a_rank, 1)
     return rank
 
 

@@ -34,6 +34,15 @@ class Refusal:
         return Refusal(f"{what}: {self.reason}")
 
 
+class Refused(Exception):
+    """Raised by a helper too deep to return a Refusal (an attribute that is a reference to a
+    function attribute); the engine turns it back into its ``refusal``."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
 @dataclass(frozen=True, eq=False)
 class ScaledWeight:
     """A new weight: ``array`` with channel c of the ``layout`` axis times ``scale[c]``.

@@ -144,6 +144,8 @@ def remap(
     if static_src is None or static_dst is None:
         return Refusal(f"{op}: the shapes are not static")
     size = math.prod(static_src)
+    if size == 0:
+        return Refusal(f"{op}: the tensor is empty")
     if size != math.prod(static_dst) or size > _MAX_MAPPED:
         return Refusal(f"{op} does not keep the BN channel axis whole")
     channels = static_src[a - k]
@@ -332,7 +334,26 @@ def _pool(
         auto_pad = str_attr(node, "auto_pad", "NOTSET")
         if any(pads) or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             return None, "the AveragePool counts padding into its averages"
+        if _window_past_input(node, ctx):
+            # onnxruntime then averages over the whole kernel, past the input (its output is
+            # empty by the spec), so the shift would not pass unchanged
+            return None, "the AveragePool counts padding and a window may reach past its input"
     return None, None
+
+
+def _window_past_input(node: ir.Node, ctx: FoldContext) -> bool:
+    """Whether a pooling window may reach past the input: ceil_mode, a kernel (dilated) larger
+    than a spatial dim, or spatial dims that are not known."""
+    kernel = ints_attr(node, "kernel_shape") or []
+    dilations = ints_attr(node, "dilations") or [1] * len(kernel)
+    shape = ctx.shape(node.inputs[0])
+    if int_attr(node, "ceil_mode", 0) or shape is None or len(shape) != len(kernel) + 2:
+        return True
+    spatial = list(shape)[2:]
+    return any(
+        not isinstance(d, int) or (k - 1) * dl + 1 > d
+        for d, k, dl in zip(spatial, kernel, dilations, strict=False)
+    )
 
 
 def trace_forward(value: ir.Value, cmap: ChannelMap, ctx: FoldContext) -> list[Use] | Refusal:
