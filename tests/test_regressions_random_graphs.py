@@ -40,6 +40,26 @@ def _model(
     return model
 
 
+def _branch_model(rng, main: list[onnx.NodeProto], stats: dict[str, np.ndarray]):
+    """``main`` (computing r from x or x4) then If(cond): BN(r) in the then branch, whose
+    output is the branch output; x4 in the else branch."""
+    c = len(stats["gamma"])
+    then = helper.make_graph(
+        _bn("t", "r", "tout", stats), "then", [],
+        [helper.make_tensor_value_info("tout", FLOAT, [1, c, 5, 5])],
+    )  # fmt: skip
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["x4"], ["eout"])], "else", [],
+        [helper.make_tensor_value_info("eout", FLOAT, [1, c, 5, 5])],
+    )  # fmt: skip
+    return _model(
+        [*main, helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)],
+        [("x", FLOAT, [1, 3, 5, 5]), ("x4", FLOAT, [1, c, 5, 5]), ("cond", TensorProto.BOOL, [])],
+        [("y", [1, c, 5, 5])],
+        {"W": rng.normal(0, 0.5, (c, 3, 3, 3)).astype(np.float32)},
+    )
+
+
 @pytest.mark.parametrize("variant", ["relu", "identity", "transpose", "bn", "merge"])
 def test_a_branch_output_is_never_taken_over_by_an_outer_value(rng, variant):
     """Bug: Conv (main graph) -> [Relu | Identity | Transpose | BN] (main) -> BN in an If branch
@@ -53,7 +73,6 @@ def test_a_branch_output_is_never_taken_over_by_an_outer_value(rng, variant):
     positive = {**stats, "gamma": np.abs(stats["gamma"]), "beta": np.zeros(c, np.float32),
                 "mean": np.zeros(c, np.float32)}  # fmt: skip
     main = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1])]
-    inner = "r"
     if variant == "relu":
         main.append(helper.make_node("Relu", ["c"], ["r"]))
     elif variant == "identity":
@@ -64,21 +83,7 @@ def test_a_branch_output_is_never_taken_over_by_an_outer_value(rng, variant):
         main += _bn("m", "c", "r", bn_stats(rng, c))
     else:
         main = _bn("m", "x4", "r", bn_stats(rng, c))
-    stats = positive if variant == "relu" else bn_stats(rng, c)
-    then = helper.make_graph(
-        _bn("t", inner, "tout", stats), "then", [],
-        [helper.make_tensor_value_info("tout", FLOAT, [1, c, 5, 5])],
-    )  # fmt: skip
-    other = helper.make_graph(
-        [helper.make_node("Identity", ["x4"], ["eout"])], "else", [],
-        [helper.make_tensor_value_info("eout", FLOAT, [1, c, 5, 5])],
-    )  # fmt: skip
-    model = _model(
-        [*main, helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)],
-        [("x", FLOAT, [1, 3, 5, 5]), ("x4", FLOAT, [1, c, 5, 5]), ("cond", TensorProto.BOOL, [])],
-        [("y", [1, c, 5, 5])],
-        {"W": rng.normal(0, 0.5, (c, 3, 3, 3)).astype(np.float32)},
-    )
+    model = _branch_model(rng, main, positive if variant == "relu" else bn_stats(rng, c))
     for cond in (True, False):
         feeds = {
             "x": rng.normal(0, 1, (1, 3, 5, 5)).astype(np.float32),
@@ -308,23 +313,11 @@ def test_a_model_with_these_bugs_is_never_verified_by_accident(tmp_path, rng):
     import subprocess
     import sys
 
-    c = 4
-    then = helper.make_graph(
-        _bn("t", "r", "tout", bn_stats(rng, c)), "then", [],
-        [helper.make_tensor_value_info("tout", FLOAT, [1, c, 5, 5])],
-    )  # fmt: skip
-    other = helper.make_graph(
-        [helper.make_node("Identity", ["x4"], ["eout"])], "else", [],
-        [helper.make_tensor_value_info("eout", FLOAT, [1, c, 5, 5])],
-    )  # fmt: skip
-    model = _model(
-        [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
-         helper.make_node("Identity", ["c"], ["r"]),
-         helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)],
-        [("x", FLOAT, [1, 3, 5, 5]), ("x4", FLOAT, [1, c, 5, 5]), ("cond", TensorProto.BOOL, [])],
-        [("y", [1, c, 5, 5])],
-        {"W": rng.normal(0, 0.5, (c, 3, 3, 3)).astype(np.float32)},
-    )  # fmt: skip
+    main = [
+        helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Identity", ["c"], ["r"]),
+    ]
+    model = _branch_model(rng, main, bn_stats(rng, 4))
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     out = tmp_path / "o.onnx"
