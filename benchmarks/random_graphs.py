@@ -47,9 +47,11 @@ folded model must (else ``bad``, with its problems):
 * have no more nodes than the original (subgraphs and functions included);
 * fold to itself: folding it again folds nothing and leaves it unchanged.
 
-A crash of the worker process (onnxruntime's or onnx's native code) is recorded as
-``ort_crash``, a seed that takes longer than ``--timeout`` as ``timeout`` (the worker is
-killed), an exception of the generator itself as ``gen_error``; the run goes on.
+A crash of the worker process (native code) is placed by the stage it happened in: running
+the generated model is onnxruntime's or onnx's own crash (``ort_crash``, not bnfold's); in the
+fold it is ``fold_crash``, and on the folded model (whose original ran) ``bad``. A seed that
+takes longer than ``--timeout`` is ``timeout`` (the worker is killed), an exception of the
+generator itself ``gen_error``; the run goes on.
 
     python benchmarks/random_graphs.py --seeds START COUNT [--jobs N] [--json PATH]
         [--forward exact|int8-safe|off] [--timeout SECONDS]
@@ -1185,14 +1187,22 @@ def _checks(model: onnx.ModelProto) -> bool:
         return False
 
 
-def run_seed(seed: int, forward: str = "exact") -> dict[str, Any]:
-    """Seed ``seed``'s verdict: ``status`` (see STATUSES), ``problems`` and what was covered."""
+def _no_stage(stage: str) -> None:
+    pass
+
+
+def run_seed(
+    seed: int, forward: str = "exact", stage: Callable[[str], None] = _no_stage
+) -> dict[str, Any]:
+    """Seed ``seed``'s verdict: ``status`` (see STATUSES), ``problems`` and what was covered.
+    ``stage`` is told each step as it starts (one of STAGES), so that a native crash can be
+    placed: in onnxruntime on the original (not bnfold's), in the fold or on the folded model."""
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
-        return _run_seed(seed, forward)
+        return _run_seed(seed, forward, stage)
 
 
-def _run_seed(seed: int, forward: str) -> dict[str, Any]:
+def _run_seed(seed: int, forward: str, stage: Callable[[str], None]) -> dict[str, Any]:
     res: dict[str, Any] = {"seed": seed}
     try:
         b = generate(seed)
@@ -1202,18 +1212,21 @@ def _run_seed(seed: int, forward: str) -> dict[str, Any]:
     except Exception as e:
         return {**res, "status": "gen_error", "problems": ["gen_error:" + describe(e)]}
     res.update(ops=sorted(b.ops), opset=b.opset, fp16=b.dtype == np.float16, ir3=b.ir3)
+    stage("original")
     try:
         fs = seed_feeds(model, seed)
         original = session(model)
         ref = [original.run(None, f) for f in fs]
     except Exception as e:
         return {**res, "status": "orig_fails", "err": str(e)[:300]}
+    stage("fold")
     try:
         result = bnfold.fold(model, forward=forward)
         folded = ir.serde.serialize_model(result.model)
     except Exception as e:
         return {**res, "status": "fold_crash", "problems": ["fold_crash:" + describe(e)],
                 "traceback": traceback.format_exc()[-1500:]}  # fmt: skip
+    stage("folded")
     res["folded"] = [(f.fold, f.direction) for f in result.report.folded]
     res["nodes"] = (count_nodes(model), count_nodes(folded))
     problems = []
@@ -1237,25 +1250,34 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore")
 
 
-def _worker(conn, forward: str, crash_at: int | None) -> None:
-    """Runs the seeds the driver sends, one at a time, until it sends None."""
+Crash = tuple[int, str]  # the driver's own test: a native crash at (seed, stage)
+
+
+def _worker(conn, forward: str, crash_at: Crash | None) -> None:
+    """Runs the seeds the driver sends, one at a time, until it sends None; tells the driver
+    each stage as it starts."""
     _quiet()
     conn.send("ready")  # imports done: the driver's timeout starts with the first seed
     while (seed := conn.recv()) is not None:
-        if seed == crash_at:  # the driver's own test: a native crash
-            os.kill(os.getpid(), signal.SIGSEGV)
-        conn.send(run_seed(seed, forward))
+
+        def stage(name: str, seed: int = seed) -> None:
+            conn.send(("stage", name))
+            if crash_at == (seed, name):
+                os.kill(os.getpid(), signal.SIGSEGV)
+
+        conn.send(run_seed(seed, forward, stage))
 
 
 class _Slot:
     """One worker process and the seed it is running."""
 
-    def __init__(self, ctx, forward: str, crash_at: int | None) -> None:
+    def __init__(self, ctx, forward: str, crash_at: Crash | None) -> None:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker, args=(child, forward, crash_at), daemon=True)
         self.proc.start()
         child.close()
         self.seed: int | None = None
+        self.stage = "original"
         self.started = 0.0
 
     def ready(self) -> _Slot:
@@ -1269,7 +1291,7 @@ class _Slot:
         raise RuntimeError(f"a worker process did not start ({_death(self.proc.exitcode)})")
 
     def give(self, seed: int) -> None:
-        self.seed, self.started = seed, time.monotonic()
+        self.seed, self.stage, self.started = seed, "generate", time.monotonic()
         self.conn.send(seed)
 
     def stop(self, kill: bool = False) -> None:
@@ -1280,6 +1302,17 @@ class _Slot:
                 self.conn.send(None)
         self.proc.join(10)
         self.conn.close()
+
+
+STAGES = ("generate", "original", "fold", "folded")
+
+
+def _crash_verdict(seed: int, stage: str, exitcode: int | None) -> dict[str, Any]:
+    """A worker died (a native crash) in ``stage``: onnxruntime's or onnx's own crash on the
+    generated model (``ort_crash``: not bnfold's), or in the fold or on the folded model (the
+    original ran: bnfold's, ``fold_crash`` / ``bad``)."""
+    status = {"fold": "fold_crash", "folded": "bad"}.get(stage, "ort_crash")
+    return {"seed": seed, "status": status, "problems": [f"{_death(exitcode)} ({stage})"]}
 
 
 def _death(exitcode: int | None) -> str:
@@ -1297,7 +1330,7 @@ def run_parallel(
     forward: str = "exact",
     timeout: float = 300.0,
     progress: Callable[[int], None] | None = None,
-    crash_at: int | None = None,
+    crash_at: Crash | None = None,
 ) -> list[dict[str, Any]]:
     """Every seed's verdict, from ``jobs`` worker processes; a worker that dies (a native crash)
     marks its seed ``ort_crash``, one past ``timeout`` seconds is killed (``timeout``), and a
@@ -1322,9 +1355,11 @@ def run_parallel(
                     verdict = slot.conn.recv()
                 except (EOFError, OSError):
                     slot.stop(kill=True)
-                    verdict = {"seed": slot.seed, "status": "ort_crash",
-                               "problems": [_death(slot.proc.exitcode)]}  # fmt: skip
+                    verdict = _crash_verdict(slot.seed, slot.stage, slot.proc.exitcode)
                     slot = slots[i] = _Slot(ctx, forward, crash_at).ready()
+                if isinstance(verdict, tuple):  # ("stage", name): the seed goes on
+                    slot.stage = verdict[1]
+                    continue
             elif time.monotonic() - slot.started > timeout:
                 slot.stop(kill=True)
                 verdict = {"seed": slot.seed, "status": "timeout",
@@ -1433,7 +1468,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=RESULTS / "random_graphs.json")
     parser.add_argument("--forward", choices=("exact", "int8-safe", "off"), default="exact")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per seed")
-    parser.add_argument("--crash-at", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--crash-at", default=None, help=argparse.SUPPRESS)  # SEED:STAGE
     args = parser.parse_args(argv)
     start, count = args.seeds
     if count < 1 or args.jobs < 1:
@@ -1446,7 +1481,11 @@ def main(argv: list[str] | None = None) -> int:
         if done % step == 0 or done == count:
             print(f"{done}/{count} seeds, {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
-    results = run_parallel(seeds, args.jobs, args.forward, args.timeout, progress, args.crash_at)
+    crash = None
+    if args.crash_at:
+        seed_text, _, stage_name = args.crash_at.partition(":")
+        crash = (int(seed_text), stage_name or "original")
+    results = run_parallel(seeds, args.jobs, args.forward, args.timeout, progress, crash)
     summary = summarize(results, time.perf_counter() - started, forward=args.forward,
                         jobs=args.jobs, timeout=args.timeout)  # fmt: skip
     print_summary(summary)

@@ -112,22 +112,31 @@ def test_a_seed_that_found_a_bug_makes_the_same_model_and_passes(seed, digest, b
     assert verdict["status"] == "ok", (before, verdict.get("problems"))
 
 
-def test_a_crashed_worker_is_recorded_and_the_run_goes_on(tmp_path):
+@pytest.mark.parametrize(
+    ("stage", "status", "code"),
+    [("original", "ort_crash", 0), ("fold", "fold_crash", 1), ("folded", "bad", 1)],
+)
+def test_a_crashed_worker_is_placed_and_the_run_goes_on(tmp_path, stage, status, code):
+    """A native crash running the generated model is onnxruntime's (exit 0); in the fold or
+    on the folded model, whose original ran, it is bnfold's (exit 1). Seed 3's original
+    fails in onnxruntime (it never reaches the fold), seed 2's folds."""
+    seed = 3 if stage == "original" else 2
     out = tmp_path / "r.json"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--seeds", "0", "8", "--jobs", "2", "--json", str(out),
-         "--crash-at", "3"],
+         "--crash-at", f"{seed}:{stage}"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr  # a native crash is not bnfold's
+    assert proc.returncode == code, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
     assert data["seeds"] == {"start": 0, "count": 8}
-    assert data["counts"]["ort_crash"] == 1 and data["counts"]["ok"] == 7, data["counts"]
+    ok = 7 if stage == "original" else 6
+    assert data["counts"][status] == 1 and data["counts"]["ok"] == ok, data["counts"]
     assert data["failures"] == [
-        {"seed": 3, "status": "ort_crash", "problems": ["worker died: SIGSEGV"]}
+        {"seed": seed, "status": status, "problems": [f"worker died: SIGSEGV ({stage})"]}
     ]
-    assert data["directions"]["backward"] >= 1 and data["ops"]["BN"] == 7
-    assert "ort_crash" in proc.stdout and "SIGSEGV" in proc.stdout
+    assert data["directions"]["backward"] >= 1 and data["ops"]["BN"] == 7  # crashed: no ops
+    assert status in proc.stdout and "SIGSEGV" in proc.stdout
 
 
 def test_a_bnfold_failure_exits_1(tmp_path, monkeypatch, capsys):
