@@ -37,7 +37,7 @@ def weight_bytes(model: ir.Model) -> int:
         for node in graph:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 attr = node.attributes.get("value")
-                if attr is not None and attr.type == ir.AttributeType.TENSOR:
+                if attr is not None and not attr.is_ref() and attr.type == ir.AttributeType.TENSOR:
                     total += attr.as_tensor().nbytes
     return total
 

@@ -55,6 +55,8 @@ def _tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
                 yield value.const_value
         for node in graph:
             for attr in node.attributes.values():
+                if attr.is_ref():  # a function attribute: no tensor of its own
+                    continue
                 # .value, not as_tensor(): its protocol check reads nbytes, which raises for
                 # a tensor without a data type
                 if attr.type == ir.AttributeType.TENSOR:

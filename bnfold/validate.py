@@ -113,6 +113,8 @@ def _scopes(model: ir.Model) -> Iterator[tuple[ir.Graph, tuple[ir.Graph, ...], s
 
 def _subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
     for attr in node.attributes.values():
+        if attr.is_ref():  # a function attribute: its value is the caller's
+            continue
         if attr.type == ir.AttributeType.GRAPH:
             yield attr.as_graph()
         elif attr.type == ir.AttributeType.GRAPHS:
@@ -347,6 +349,8 @@ def _declared_shape(value: ir.Value | None, main_inputs: set[int]) -> tuple[int 
 
 def _constant_shape(node: ir.Node) -> tuple[int | None, ...] | None:
     for name, attr in node.attributes.items():
+        if attr.is_ref():  # `value = @v` in a function body: known per call
+            return None
         if name in ("value", "sparse_value") and attr.type == ir.AttributeType.TENSOR:
             return _dims(attr.as_tensor().shape)
         if name in ("value_float", "value_int", "value_string"):

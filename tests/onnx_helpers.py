@@ -19,9 +19,12 @@ from onnx import numpy_helper
 import bnfold
 
 # (rtol, atol) per dtype for a range-scaled comparison of a folded model against the original.
+# float32 atol: an output near 0 can be a sum of 64 terms of size ~1 that cancel, whose
+# rounding (and a fold's) is a few 1e-7 each (hypothesis met 1.34e-6 on a forward Gemm fold with
+# outputs ~0.009, before and after the fixes of e55d9c7); a wrong fold is off by far more.
 TOLERANCES = {
     np.dtype(np.float64): (1e-10, 1e-12),
-    np.dtype(np.float32): (3e-5, 1e-6),
+    np.dtype(np.float32): (3e-5, 1e-5),
     np.dtype(np.float16): (2e-2, 1e-3),
 }
 

@@ -190,3 +190,35 @@ def test_labels_outside_the_classes_are_bad_input(tmp_path):
     )  # fmt: skip
     _one_error_line(result, f"{npz}: labels must be class ids 0..9", "got 100..119")
     assert not out.exists()
+
+
+def test_labels_need_fit_one_classifier_output_only(tmp_path):
+    """After the fix above, a second classifier-shaped output (3 columns) made labels 0..9
+    bad input although the 10-class head takes them: the labels must fit one output, and
+    accuracy is given for the outputs they fit."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from bnfold.train.data import split_digits
+
+    model = onnx.load(MODELS / "zoo" / "digits_cnn.onnx")
+    for name, values in (("s0", [0]), ("s3", [3]), ("axis1", [1])):
+        model.graph.initializer.append(numpy_helper.from_array(np.array(values, np.int64), name))
+    model.graph.node.append(helper.make_node("Slice", ["output", "s0", "s3", "axis1"], ["head3"]))
+    model.graph.output.append(
+        helper.make_tensor_value_info("head3", onnx.TensorProto.FLOAT, ["batch", 3])
+    )
+    path = tmp_path / "two_heads.onnx"
+    onnx.save(model, path)
+    data = split_digits(0.2, 0)
+    npz = tmp_path / "eval.npz"
+    x = data.x_test[:64].astype(np.float32).reshape(-1, 1, 8, 8)
+    np.savez(npz, input=x, labels=data.y_test[:64])
+    result = cli(
+        "quantize", path, "-o", tmp_path / "q.onnx", "--eval", npz, "--min-agreement", "0.9",
+        "--json", "-",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    outputs = {o["name"]: o for o in json.loads(result.stdout)["proof"]["outputs"]}
+    assert outputs["output"]["accuracy_fp32"] > 0.9
+    assert outputs["head3"]["accuracy_fp32"] is None

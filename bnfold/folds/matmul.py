@@ -67,7 +67,7 @@ def bias_add(matmul: ir.Node, ctx: FoldContext) -> tuple[ir.Node, int, np.ndarra
     m = weight.shape[1]
     if c.size not in (1, m) or (c.size == m and c.ndim and c.shape[-1] != m) or c.dtype.kind != "f":
         return None
-    rank = ctx.rank(out)
+    rank = _rank(matmul, ctx)
     if c.ndim > (1 if rank is None else rank):  # the Add would raise the output's rank
         return None
     return add, 1 - index, np.broadcast_to(c.astype(np.float64).reshape(-1), (m,)).copy()

@@ -334,25 +334,25 @@ def _pool(
         auto_pad = str_attr(node, "auto_pad", "NOTSET")
         if any(pads) or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
             return None, "the AveragePool counts padding into its averages"
-        if _window_past_input(node, ctx):
+        if _kernel_past_input(node, ctx):
             # onnxruntime then averages over the whole kernel, past the input (its output is
             # empty by the spec), so the shift would not pass unchanged
-            return None, "the AveragePool counts padding and a window may reach past its input"
+            return None, "the AveragePool counts padding and its kernel is larger than its input"
     return None, None
 
 
-def _window_past_input(node: ir.Node, ctx: FoldContext) -> bool:
-    """Whether a pooling window may reach past the input: ceil_mode, a kernel (dilated) larger
-    than a spatial dim, or spatial dims that are not known."""
+def _kernel_past_input(node: ir.Node, ctx: FoldContext) -> bool:
+    """Whether the (dilated) kernel is larger than a known spatial dim. A ceil_mode window
+    that overhangs the input counts no padding (onnxruntime, as torch), and with spatial dims
+    unknown the shift passes on every input the spec gives an output for."""
     kernel = ints_attr(node, "kernel_shape") or []
     dilations = ints_attr(node, "dilations") or [1] * len(kernel)
     shape = ctx.shape(node.inputs[0])
-    if int_attr(node, "ceil_mode", 0) or shape is None or len(shape) != len(kernel) + 2:
-        return True
-    spatial = list(shape)[2:]
+    if shape is None or len(shape) != len(kernel) + 2:
+        return False
     return any(
-        not isinstance(d, int) or (k - 1) * dl + 1 > d
-        for d, k, dl in zip(spatial, kernel, dilations, strict=False)
+        isinstance(d, int) and (k - 1) * dl + 1 > d
+        for d, k, dl in zip(list(shape)[2:], kernel, dilations, strict=False)
     )
 
 

@@ -150,6 +150,7 @@ def prove_int8(
         if batch.labels is not None:
             labels.append(batch.labels)
     y = np.concatenate(labels) if data.has_labels else None
+    _check_labels(data, [refs[n][0].shape[1] for n in names if _is_classifier(refs[n][0])])
     proof = Proof(data.to_dict(), thresholds)
     for n in names:
         a = np.concatenate(
@@ -172,10 +173,9 @@ def prove_int8(
             max_rel_range=float(err.max()) / span if span > 0 and err.size else 0.0,
         )
         if classifier:
-            _check_labels(data, a.shape[1])
             top_a, top_b = a.argmax(axis=1), b.argmax(axis=1)
             out.agreement = float((top_a == top_b).mean())
-            if y is not None and len(y) == len(top_a):
+            if y is not None and len(y) == len(top_a) and _fits(y, a.shape[1]):
                 out.accuracy_fp32 = float((top_a == y).mean())
                 out.accuracy_int8 = float((top_b == y).mean())
         proof.outputs.append(out)
@@ -183,15 +183,23 @@ def prove_int8(
     return proof
 
 
-def _check_labels(data: Dataset, classes: int) -> None:
-    """Labels must be class ids of the classifier's output, or accuracy means nothing."""
+def _fits(y: np.ndarray, classes: int) -> bool:
+    return not y.size or (int(y.min()) >= 0 and int(y.max()) < classes)
+
+
+def _check_labels(data: Dataset, classes: list[int]) -> None:
+    """Labels must be class ids of one classifier output at least (accuracy is given for the
+    outputs they fit), or accuracy means nothing."""
+    if not classes:
+        return
+    most = max(classes)
     for batch in data.batches:
         y = batch.labels
-        if y is not None and y.size and (y.min() < 0 or y.max() >= classes):
+        if y is not None and not _fits(y, most):
             source = batch.label.split("[", 1)[0]
             raise BadInputError(
                 source,
-                f"labels must be class ids 0..{classes - 1} (the model has {classes} classes), "
+                f"labels must be class ids 0..{most - 1} (the model has {most} classes), "
                 f"got {int(y.min())}..{int(y.max())}",
             )
 
