@@ -50,8 +50,9 @@ class FitTable:
         self.rows.append(list(cells))
 
     def table(self, keep: Iterable[int], widths: dict[int, int] | None = None) -> Table:
-        """The rich Table with the columns at indices ``keep``; ``widths`` are the least widths
-        rich may give them (so it never squeezes a one-line column)."""
+        """The rich Table with the columns at indices ``keep``; ``widths`` fixes their widths
+        (rich's own shrinking, given least widths, can come out a column wider than the
+        console, which then crops the table's right edge)."""
         kept = list(keep)
         table = Table()
         for i in kept:
@@ -61,31 +62,49 @@ class FitTable:
                 justify=col.justify,
                 no_wrap=not col.wrap,
                 overflow="fold" if col.wrap else "ellipsis",
-                min_width=(widths or {}).get(i),
+                width=(widths or {}).get(i),
             )
         for row in self.rows:
             table.add_row(*(row[i] for i in kept))
         return table
 
-    def _widths(self, console: Console) -> dict[int, int]:
-        """Each column's least width: one-line columns their widest cell, wrapping columns
-        their longest word, at least ``WRAP_FLOOR`` (or their widest cell, if narrower)."""
+    def _widths(self, console: Console) -> tuple[dict[int, int], dict[int, int]]:
+        """Each column's least and natural width: one-line columns their widest cell (both),
+        wrapping columns at least their longest word and ``WRAP_FLOOR`` (or their widest
+        cell, if narrower)."""
         wide = console.options.update_width(_UNBOUNDED)
-        widths = {}
+        least, naturals = {}, {}
         for i, col in enumerate(self.columns):
             cells: list[RenderableType] = [col.header, *(row[i] for row in self.rows)]
             natural = max(Measurement.get(console, wide, c).maximum for c in cells)
+            naturals[i] = least[i] = natural
             if col.wrap:
                 word = max(Measurement.get(console, wide, c).minimum for c in cells)
-                widths[i] = min(natural, max(word, WRAP_FLOOR, len(col.header)))
-            else:
-                widths[i] = natural
+                least[i] = min(natural, max(word, WRAP_FLOOR, len(col.header)))
+        return least, naturals
+
+    def _spread(
+        self, keep: list[int], least: dict[int, int], naturals: dict[int, int], width: int
+    ) -> dict[int, int]:
+        """Widths for ``keep`` within ``width``: the least ones, then what is left shared out
+        among the wrapping columns, none beyond its natural width."""
+        widths = {i: least[i] for i in keep}
+        spare = width - 1 - sum(w + 3 for w in widths.values())  # borders and padding
+        growing = [i for i in keep if widths[i] < naturals[i]]
+        while spare > 0 and growing:
+            share = max(1, spare // len(growing))
+            for i in list(growing):
+                add = min(share, naturals[i] - widths[i], spare)
+                widths[i] += add
+                spare -= add
+                if widths[i] >= naturals[i]:
+                    growing.remove(i)
         return widths
 
     def fitted(self, console: Console, width: int) -> tuple[Table | Group, list[str]]:
         """The table for ``width`` and the headers of the columns left out (every column
         when even the ones never dropped do not fit: then the rows are stacked)."""
-        widths = self._widths(console)
+        widths, naturals = self._widths(console)
         keep = list(range(len(self.columns)))
         while sum(widths[i] + 3 for i in keep) + 1 > width:
             droppable = [i for i in keep if self.columns[i].drop > 0]
@@ -93,7 +112,7 @@ class FitTable:
                 return self.stacked(), []
             keep.remove(max(droppable, key=lambda i: (self.columns[i].drop, i)))
         dropped = [c.header for i, c in enumerate(self.columns) if i not in keep]
-        return self.table(keep, widths), dropped
+        return self.table(keep, self._spread(keep, widths, naturals, width)), dropped
 
     def stacked(self) -> Group:
         """Every row as a block: its first cell on a line of its own, then one line per other

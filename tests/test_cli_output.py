@@ -7,6 +7,7 @@ done said beside the BN table; the function a fold happened in named, never a st
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ def test_tables_fit_80_columns_and_widen_when_allowed(args, tmp_path, folded):
     assert narrow.returncode == 0, narrow.stderr
     rows = _table_lines(narrow.stdout)
     assert rows and all(len(line) <= 80 for line in rows), narrow.stdout
+    assert all(line[-1] in "┓┃┩│┘" for line in rows), narrow.stdout  # right edge not cropped
     assert max(len(line) for line in narrow.stdout.splitlines()) <= 80, narrow.stdout
     wide = cli(*args, columns=250)
     assert wide.returncode == 0, wide.stderr
@@ -250,3 +252,28 @@ def test_rows_stack_when_even_the_kept_columns_do_not_fit():
     assert max(len(line) for line in lines) <= 80
     wide = cli("inspect", ZOO / "resnet.onnx", columns=200)
     assert any("/3/branch/branch.1/BatchNormalization" in r for r in _table_lines(wide.stdout))
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_a_wrapping_column_at_its_least_width_does_not_crop_the_table(width):
+    """Bug: a wrapping column whose longest word is its whole width (a BN name) made rich's
+    shrinking come out one column wider than the console, which cropped the right border.
+    Fixed in FitTable: it sets the column widths itself."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from bnfold.tables import Column, FitTable
+
+    table = FitTable(
+        [Column("BN", wrap=True), Column("result"), Column("fold", drop=1),
+         Column("into / reason", wrap=True)]
+    )  # fmt: skip
+    reason = "backward: the BN has 5 channels, but a single one reaches the MatMul"
+    table.add_row(Text("BatchNormalization(bn_output)"), Text("skipped"), Text(""), Text(reason))
+    console = Console(width=width, file=open(os.devnull, "w"))  # noqa: SIM115
+    with console.capture() as captured:
+        console.print(table)
+    lines = [line for line in captured.get().splitlines() if line[:1] in "┏┃┡│└"]
+    assert lines and all(len(line) <= width and line[-1] in "┓┃┩│┘" for line in lines)
+    cells = [line.split("│")[-2] for line in lines if line.startswith("│")]
+    assert " ".join(" ".join(cells).split()) == reason  # every word of it, none cut
