@@ -50,9 +50,7 @@ class FoldResult:
         forces it on or off); ``progress(done, total)`` is told the bytes written."""
         start = time.perf_counter()
         files = save_model(self.model, path, external_data=external_data, progress=progress)
-        self.report.output = os.fspath(path)
-        self.report.file_bytes_after = model_stats.files_bytes(files)
-        self.report.files_written = [os.fspath(f) for f in files]
+        _record_written(self.report, path, files)
         self.report.timings["save"] = time.perf_counter() - start
         return files
 
@@ -186,7 +184,12 @@ def fold_file(
                     )
                 result.report.forced = True
         files = staged.commit()
-    result.report.output = os.fspath(output)
-    result.report.file_bytes_after = model_stats.files_bytes(files)
-    result.report.files_written = [os.fspath(f) for f in files]
+    _record_written(result.report, output, files)
     return result
+
+
+def _record_written(report: FoldReport, path: str | os.PathLike, files: list[Path]) -> None:
+    """The model written to ``path`` as ``files`` (the model, then its external data)."""
+    report.output = os.fspath(path)
+    report.file_bytes_after = model_stats.files_bytes(files)
+    report.files_written = [os.fspath(f) for f in files]

@@ -25,6 +25,7 @@ from pathlib import Path
 _STAGED: dict[Path, None] = {}  # temporary files and staging folders that exist now
 _CREATED: dict[Path, None] = {}  # folders created for outputs (removed on a signal if empty)
 _LOCK = threading.Lock()
+STAGING_PREFIX = ".bnfold-"  # the hidden folders a model is staged in beside its destination
 _CRITICAL = 0
 _PENDING: list[int] = []
 SIGNALS = tuple(
@@ -51,10 +52,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def staging_folder(parent: Path, prefix: str = ".bnfold-") -> Iterator[Path]:
+def staging_folder(parent: Path) -> Iterator[Path]:
     """A new hidden folder in ``parent`` (registered before it exists), removed with whatever
     is left in it when the block ends."""
-    tmp = _create_registered(lambda: parent / f"{prefix}{secrets.token_hex(6)}", Path.mkdir)
+    tmp = _create_registered(lambda: parent / f"{STAGING_PREFIX}{secrets.token_hex(6)}", Path.mkdir)
     try:
         yield tmp
     finally:
@@ -76,29 +77,19 @@ def _unregister(path: Path) -> None:
 def created_folders(folder: Path) -> Iterator[None]:
     """Create ``folder`` (and missing parents); remove those created if the block fails and they
     are still empty."""
-    missing: list[Path] = []
-    f = Path(os.path.abspath(folder))
-    while not f.exists() and f.parent != f:
-        missing.append(f)
-        f = f.parent
+    missing = missing_folders([folder])
     with _LOCK:
         _CREATED.update(dict.fromkeys(missing))
     try:
         folder.mkdir(parents=True, exist_ok=True)
         yield
     except BaseException:
-        _remove_empty(missing)
+        remove_empty(missing)
         raise
     finally:
         with _LOCK:
             for d in missing:
                 _CREATED.pop(d, None)
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    for d in folders:  # deepest first
-        with contextlib.suppress(OSError):
-            d.rmdir()
 
 
 def missing_folders(folders: Iterable[Path]) -> list[Path]:
@@ -114,7 +105,9 @@ def missing_folders(folders: Iterable[Path]) -> list[Path]:
 
 def remove_empty(folders: list[Path]) -> None:
     """Remove those of ``folders`` (deepest first) that are empty; leave the others."""
-    _remove_empty(folders)
+    for d in folders:
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 @contextlib.contextmanager
@@ -167,7 +160,7 @@ def remove_staged() -> int:
                     p.unlink()
             if not os.path.lexists(p):
                 break
-    _remove_empty(sorted(created, key=lambda d: len(d.parts), reverse=True))
+    remove_empty(sorted(created, key=lambda d: len(d.parts), reverse=True))
     return len(paths)
 
 

@@ -97,11 +97,7 @@ class FoldPass(ir.passes.InPlacePass):
 
 def _fold_at(node: ir.Node, ctx: FoldContext) -> list[Folded] | tuple[list[str], str] | None:
     """Fold the chain that starts at ``node``: its report entries, or (BN labels, why not)."""
-    try:
-        chain = folds.anchor(node, ctx)
-    except Refused as exc:
-        is_bn = is_op(node, "BatchNormalization")
-        return ([node_label(node)], exc.refusal.reason) if is_bn else None
+    chain = folds.anchor(node, ctx)  # (reads each node through read_op, which catches Refused)
     if chain is None:
         return None
     if isinstance(chain, Refusal):

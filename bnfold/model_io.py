@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 
 from bnfold import atomic
 from bnfold.errors import BadInputError
+from bnfold.paths import data_file
 from bnfold.tensor_data import check_tensors
 from bnfold.validate import validate_graph
 
@@ -187,11 +188,6 @@ def has_external_data(model: ir.Model) -> bool:
     )
 
 
-def data_file_name(path: str | os.PathLike) -> str:
-    """The external data file written beside ``path``."""
-    return Path(path).name + ".data"
-
-
 class StagedModel:
     """A model written into a temporary folder beside its destination, not yet in place."""
 
@@ -256,7 +252,7 @@ def staged_save(
     with atomic.created_folders(dest.parent), atomic.staging_folder(dest.parent) as tmp:
         staged = tmp / dest.name
         if external_data:
-            data_name = data_file_name(dest)
+            data_name = data_file(dest).name
             ir.save(
                 model,
                 staged,

@@ -53,15 +53,37 @@ def data_file(model: str | os.PathLike) -> Path:
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether ``a`` and ``b`` name one file: same path, through symlinks, or a hard link."""
-    if os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b)):
-        return True
-    if os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b)):
-        return True
+    return not file_keys(a).isdisjoint(file_keys(b))
+
+
+def file_keys(path: str | os.PathLike) -> set[tuple]:
+    """What names ``path``'s file: its absolute path, its real path (through symlinks) and,
+    when it exists, its device and inode (hard links); two paths share one iff they name one
+    file (see same_file)."""
+    keys: set[tuple] = {
+        ("path", os.path.normcase(os.path.abspath(path))),
+        ("real", os.path.normcase(os.path.realpath(path))),
+    }
     try:
-        sa, sb = os.stat(a), os.stat(b)
+        st = os.stat(path)
     except OSError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+        return keys
+    keys.add(("inode", st.st_dev, st.st_ino))
+    return keys
+
+
+def _index(paths: Sequence[Path]) -> dict[tuple, list[int]]:
+    """Each file key of ``paths`` -> the indices of the paths that have it, in order."""
+    index: dict[tuple, list[int]] = {}
+    for i, p in enumerate(paths):
+        for key in file_keys(p):
+            index.setdefault(key, []).append(i)
+    return index
+
+
+def _matches(index: dict[tuple, list[int]], path: Path) -> list[int]:
+    """The indices in ``index`` of the paths that name ``path``'s file, in order."""
+    return sorted({i for key in file_keys(path) for i in index.get(key, [])})
 
 
 def guard(
@@ -90,9 +112,11 @@ def guard(
             what = "the input model" if i == 0 else f"the external data of input model {model}"
             inputs.append((f, what, own))
     inputs.extend((Path(f), "an input file", False) for f in files)
+    by_input = _index([src for src, _, _ in inputs])  # each path's keys once, not per pair
     for out, path, name in writes:
-        for src, description, own in inputs:
-            if not same_file(path, src) or (own and out.kind == "model"):
+        for k in _matches(by_input, path):
+            src, description, own = inputs[k]
+            if own and out.kind == "model":
                 continue
             hint = ""
             if (
@@ -103,9 +127,11 @@ def guard(
             ):
                 hint = "; pass --in-place to write over it"
             raise BadInputError(path, f"{name} would overwrite {description} ({src}){hint}")
+    by_write = _index([p for _, p, _ in writes])
     for i, (a, pa, na) in enumerate(writes):
-        for b, pb, nb in writes[i + 1 :]:
-            if a is not b and same_file(pa, pb):
+        for j in _matches(by_write, pa):
+            b, _, nb = writes[j]
+            if j > i and a is not b:
                 raise UsageError(f"{na} and {nb} name the same file ({pa}); give each its own path")
 
 

@@ -28,6 +28,7 @@ import onnx
 import onnx_ir as ir
 
 from bnfold.errors import BadInputError, PathLabel
+from bnfold.folds.context import all_graphs
 
 _COMPLEX = {ir.DataType.COMPLEX64, ir.DataType.COMPLEX128}
 
@@ -45,11 +46,7 @@ def check_tensors(model: ir.Model, path: str | os.PathLike | None = None) -> Non
 
 
 def _tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
-    graphs = [*model.graphs()]
-    for function in model.functions.values():
-        graphs.append(function.graph)
-        graphs.extend(function.subgraphs())
-    for graph in graphs:
+    for graph in all_graphs(model):
         for value in graph.initializers.values():
             if value.const_value is not None:
                 yield value.const_value

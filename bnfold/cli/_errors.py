@@ -11,9 +11,18 @@ import typer
 from bnfold.errors import BnfoldError
 
 
+def error_text(exc: BnfoldError | OSError, path: object = None) -> str:
+    """What went wrong, in command-line terms: a BnfoldError's message, or an OSError's file
+    (else ``path``) and reason."""
+    if isinstance(exc, BnfoldError):
+        return str(exc.cli_message or exc)
+    where = exc.filename or path
+    return f"{where}: {exc.strerror or exc}" if where else str(exc.strerror or exc)
+
+
 def error_line(exc: BnfoldError) -> str:
     """The one line ``bnfold: error: ...`` for ``exc``, in command-line terms."""
-    return f"bnfold: error: {exc.cli_message or exc}"
+    return f"bnfold: error: {error_text(exc)}"
 
 
 @contextlib.contextmanager
@@ -26,6 +35,5 @@ def cli_errors() -> Iterator[None]:
         print(error_line(exc), file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
     except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"bnfold: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"bnfold: error: {error_text(exc)}", file=sys.stderr)
         raise typer.Exit(2) from None

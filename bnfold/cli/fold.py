@@ -13,11 +13,11 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from bnfold import paths
+from bnfold import atomic, paths
 from bnfold.cli import output
 from bnfold.cli import verify_options as vo
 from bnfold.cli._app import app
-from bnfold.cli._errors import cli_errors, error_line
+from bnfold.cli._errors import cli_errors
 from bnfold.cli.option_groups import OptionGroup, option_groups
 from bnfold.errors import BadInputError, UsageError, VerificationError
 
@@ -263,7 +263,7 @@ def unfolded_message(report: FoldReport, model: Path, written: bool) -> str:
 
 def _staged_for(path: Path, out: Path) -> bool:
     """Whether ``path`` is ``out`` or a file staged for it (in a temporary folder beside it)."""
-    return paths.same_file(path, out) or path.parent.name.startswith(".bnfold-")
+    return paths.same_file(path, out) or path.parent.name.startswith(atomic.STAGING_PREFIX)
 
 
 @contextlib.contextmanager
@@ -339,7 +339,6 @@ def inspect_command(
 
 __all__ = [
     "default_output",
-    "error_line",
     "fold_command",
     "inspect_command",
     "unfolded_message",

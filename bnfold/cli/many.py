@@ -160,6 +160,7 @@ def plan_outputs(
 def work(job: Job) -> JobResult:
     """Fold (or inspect) one model; every failure becomes a result, never an exception."""
     from bnfold.api import fold, fold_file
+    from bnfold.cli._errors import error_text
     from bnfold.cli.fold import forced_message, unfolded_message
     from bnfold.errors import BnfoldError, VerificationError
 
@@ -188,10 +189,9 @@ def work(job: Job) -> JobResult:
         failed = getattr(exc.result, "report", None)
         code, error, report = 1, str(exc), failed
     except BnfoldError as exc:
-        code, error = exc.exit_code, exc.cli_message or str(exc)
+        code, error = exc.exit_code, error_text(exc)
     except OSError as exc:
-        where = exc.filename or job.model
-        code, error = 2, f"{where}: {exc.strerror or exc}"
+        code, error = 2, error_text(exc, job.model)
     except Exception as exc:  # a bug must not take the other models down
         code, error = 2, f"{job.model}: internal error: {type(exc).__name__}: {exc}"
     data = report.to_dict() if report is not None else None

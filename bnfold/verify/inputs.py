@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bnfold.errors import BadInputError, UsageError
+from bnfold.report import size_text
 from bnfold.verify.settings import DEFAULT_BATCH, RunSettings
 from bnfold.verify.settings import DEFAULT_INPUT_BUDGET as DEFAULT_INPUT_BUDGET  # re-exported
 
@@ -216,14 +217,6 @@ def npz_files(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
         else:
             raise BadInputError(p, "no such file or folder")
     return files
-
-
-def size_text(nbytes: int) -> str:
-    """Bytes as B, KiB, MiB or GiB."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.3g} {unit}"
-    return f"{nbytes} B"
 
 
 def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
